@@ -1,0 +1,3 @@
+"""musicrep: turn a music catalog into audio embeddings at catalog scale."""
+
+__version__ = "0.1.0"

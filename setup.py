@@ -1,0 +1,44 @@
+"""Distribution `musicrep`: one installable package so Beam can ship it with --setup_file.
+
+The top-level folders are the subpackages (features/, model/, pipelines/, probes/);
+core/ holds the root package (CLI, errors, the synthetic catalog).
+"""
+import setuptools
+
+SUBPACKAGES = ("features", "model", "pipelines", "probes")
+
+# Versions verified to install and run together on Python 3.11 (see README, "Versions").
+INSTALL_REQUIRES = [
+    "apache-beam[gcp]==2.77.0",
+    "tensorflow==2.21.0",
+    "numpy>=1.26,<3",
+    "pyarrow>=17",
+    "av>=14",
+    "soxr>=0.5",
+    "librosa>=0.11",
+    "google-cloud-storage>=2.18",
+    "pyyaml>=6",
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest>=8",
+        "scikit-learn>=1.5",
+        "mir_eval>=0.8",
+        "duckdb>=1.1",
+        "pandas>=2.2",
+        "gcp-storage-emulator>=2024.8.3",
+    ],
+}
+
+setuptools.setup(
+    name="musicrep",
+    version="0.1.0",
+    description="Catalog-scale music audio embeddings (SF-NFNet-F0, MULE) on Apache Beam.",
+    python_requires=">=3.10",
+    packages=["musicrep"] + [f"musicrep.{name}" for name in SUBPACKAGES],
+    package_dir={"musicrep": "core", **{f"musicrep.{name}": name for name in SUBPACKAGES}},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["musicrep=musicrep.cli:main"]},
+)
