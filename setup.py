@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "apache-beam[gcp]==2.77.0",
     "tensorflow==2.21.0",
     "numpy>=1.26,<3",
+    "scipy>=1.11",
     "pyarrow>=17",
     "av>=14",
     "soxr>=0.5",

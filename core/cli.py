@@ -8,6 +8,8 @@ and does not import TensorFlow.
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
 
 # subcommand -> (module with run(argv), one-line description)
@@ -46,9 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"musicrep: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    _configure_logging()
     module = importlib.import_module(COMMANDS[name][0])
     result = module.run(rest)
     return result if isinstance(result, int) else 0
+
+
+def _configure_logging() -> None:
+    # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) buries the progress
+    # lines; workers inherit the variable, so it is set before anything imports TF.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

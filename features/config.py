@@ -13,6 +13,7 @@ import json
 from musicrep.errors import ConfigError
 
 FEATURE_VERSION = "musicrep-logmel-1"
+RESAMPLERS = ("kaiser_best", "soxr_hq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +28,9 @@ class FeatureConfig:
       downmix: how channels become mono; "sum" as the reference does (a mono file has
         half the level of a stereo file with L = R).
       sample_rate_hz: rate of the waveform the spectrogram is computed on.
-      resampler: band-limited resampler used for decode_rate_hz → sample_rate_hz.
+      resampler: band-limited resampler used for decode_rate_hz → sample_rate_hz:
+        "kaiser_best" (the reference's filter, see features/audio.py) or "soxr_hq"
+        (libsoxr HQ: faster, but its top mel bands differ from the reference's).
       n_fft, win_samples, hop_samples: STFT sizes; the Hann window of win_samples is
         centred in an FFT of n_fft.
       center, pad_mode: frames are centred on multiples of hop_samples, the signal
@@ -41,7 +44,7 @@ class FeatureConfig:
     pcm_scale: float = 1.0 / 65536.0
     downmix: str = "sum"
     sample_rate_hz: int = 16000
-    resampler: str = "soxr_hq"
+    resampler: str = "kaiser_best"
     n_fft: int = 2048
     win_samples: int = 400
     hop_samples: int = 160
@@ -64,6 +67,8 @@ class FeatureConfig:
                 f"need 0 <= fmin_hz < fmax_hz <= sample_rate_hz/2, got "
                 f"fmin_hz={self.fmin_hz}, fmax_hz={self.fmax_hz}, sample_rate_hz={self.sample_rate_hz}"
             )
+        if self.resampler not in RESAMPLERS:
+            raise ConfigError(f"resampler must be one of {RESAMPLERS}, got {self.resampler!r}")
         if self.downmix != "sum" or self.window != "hann" or self.pad_mode != "reflect":
             raise ConfigError(
                 "only downmix='sum', window='hann', pad_mode='reflect' are implemented, got "

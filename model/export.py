@@ -1,0 +1,151 @@
+"""The model export every job reads: `<uri>/model.keras` plus the sidecar `<uri>/model.json`.
+
+The sidecar says what the weights expect without loading them: `model_id` (sha256 of the
+config and every weight, so two exports with the same id compute the same function),
+the SF-NFNet config, the feature settings (FeatureConfig JSON and its sha256), the
+embedding size and the shortest input. `uri` is a local directory or any URL Beam's
+FileSystems reads (gs://, …); files are copied through a local temporary file because
+Keras loads only from local paths.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import keras
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from musicrep.errors import MusicrepError
+from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
+from musicrep.model import layers  # noqa: F401  (registers the custom layers for load_model)
+from musicrep.model.sf_nfnet import MIN_FRAMES, N_MELS, SFNFNetConfig
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.keras"
+SIDECAR_FILE = "model.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportMetadata:
+    """The sidecar of an export (`model.json`)."""
+
+    model_id: str
+    config: dict[str, Any]
+    feature_config: dict[str, Any]
+    feature_config_sha256: str
+    embedding_size: int
+    n_mels: int
+    min_frames: int
+    n_parameters: int
+    source: str
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExportMetadata:
+        fields = json.loads(text)
+        if fields.get("format_version") != FORMAT_VERSION:
+            raise MusicrepError(f"unsupported export format_version {fields.get('format_version')!r}")
+        return cls(**fields)
+
+    @property
+    def sf_nfnet_config(self) -> SFNFNetConfig:
+        return SFNFNetConfig.from_dict(self.config)
+
+    @property
+    def features(self) -> FeatureConfig:
+        return FeatureConfig.from_json(json.dumps(self.feature_config))
+
+
+def compute_model_id(model: keras.Model, config: SFNFNetConfig) -> str:
+    """sha256 over the config and every weight (path, shape, float32 little-endian bytes)."""
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for weight in model.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight), dtype="<f4")
+        digest.update(f"{weight.path}:{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _join(uri: str, name: str) -> str:
+    return FileSystems.join(uri, name)
+
+
+def _copy_out(local_path: str, uri: str) -> None:
+    with open(local_path, "rb") as source, FileSystems.create(
+        uri, compression_type=CompressionTypes.UNCOMPRESSED
+    ) as target:
+        shutil.copyfileobj(source, target, length=16 << 20)
+
+
+def _read_text(uri: str) -> str:
+    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return handle.read().decode()
+
+
+def save(
+    model: keras.Model,
+    uri: str,
+    *,
+    config: SFNFNetConfig,
+    feature_config: FeatureConfig = DEFAULT_FEATURE_CONFIG,
+    source: str,
+) -> ExportMetadata:
+    """Write `model` and its sidecar under `uri`; `source` records where the weights came from."""
+    metadata = ExportMetadata(
+        model_id=compute_model_id(model, config),
+        config=config.to_dict(),
+        feature_config=json.loads(feature_config.to_json()),
+        feature_config_sha256=feature_config.sha256(),
+        embedding_size=config.embedding_size,
+        n_mels=N_MELS,
+        min_frames=MIN_FRAMES,
+        n_parameters=int(model.count_params()),
+        source=source,
+    )
+    with tempfile.TemporaryDirectory(prefix="musicrep-export-") as tmp:
+        local_model = os.path.join(tmp, MODEL_FILE)
+        model.save(local_model)
+        _copy_out(local_model, _join(uri, MODEL_FILE))
+    # The sidecar goes last: a directory with a sidecar is a complete export.
+    with FileSystems.create(_join(uri, SIDECAR_FILE), compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write(metadata.to_json().encode())
+    logger.info("saved model %s to %s", metadata.model_id[:12], uri)
+    return metadata
+
+
+def read_metadata(uri: str) -> ExportMetadata:
+    """The sidecar of the export at `uri`, without loading the weights."""
+    return ExportMetadata.from_json(_read_text(_join(uri, SIDECAR_FILE)))
+
+
+def load(uri: str, *, verify: bool = True) -> keras.Model:
+    """Load the export at `uri` (local directory or gs://…); `verify` rechecks `model_id`."""
+    metadata = read_metadata(uri)
+    with tempfile.TemporaryDirectory(prefix="musicrep-load-") as tmp:
+        local_model = os.path.join(tmp, MODEL_FILE)
+        with FileSystems.open(
+            _join(uri, MODEL_FILE), compression_type=CompressionTypes.UNCOMPRESSED
+        ) as source, open(local_model, "wb") as target:
+            shutil.copyfileobj(source, target, length=16 << 20)
+        model = keras.saving.load_model(local_model, compile=False)
+    if verify:
+        actual = compute_model_id(model, metadata.sf_nfnet_config)
+        if actual != metadata.model_id:
+            raise MusicrepError(
+                f"{uri}: weights hash to {actual}, but the sidecar says {metadata.model_id}"
+            )
+    logger.info("loaded model %s from %s", metadata.model_id[:12], uri)
+    return model

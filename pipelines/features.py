@@ -1,0 +1,369 @@
+"""The `features` job: a catalog of audio files → log-mel TFRecord shards.
+
+    musicrep features --input 'gs://bucket/catalog/**/*.mp3' --output gs://bucket/features
+    musicrep features --input manifest.csv --output /data/features --shards 64
+
+Every input ends in exactly one of two outputs: a `tf.train.Example` in
+DIR/features-SSSSS-of-NNNNN.tfrecord.gz (schema: musicrep.features.shards), or a line
+in DIR/errors-SSSSS-of-NNNNN.jsonl saying which stage failed and why.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from typing import Iterable, Iterator
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from musicrep.errors import ConfigError
+from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
+from musicrep.pipelines.options import METRICS_NAMESPACE, counter_values, make_pipeline_options
+
+logger = logging.getLogger(__name__)
+
+SHARD_PREFIX = "features"
+ERRORS_PREFIX = "errors"
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_HASH_CHUNK_BYTES = 8 << 20
+_PROGRESS_EVERY_S = 10.0
+
+
+def is_manifest(source: str) -> bool:
+    return source.lower().endswith((".csv", ".parquet")) and not _GLOB_CHARS.search(source)
+
+
+def glob_prefix(pattern: str) -> str:
+    """The fixed directory part of a glob: everything up to the last '/' before a wildcard."""
+    match = _GLOB_CHARS.search(pattern)
+    head = pattern if match is None else pattern[: match.start()]
+    return head[: head.rfind("/") + 1]
+
+
+def track_id_for(path: str, prefix: str) -> str:
+    """Default track id: the path relative to the glob's fixed prefix, without extension."""
+    relative = path[len(prefix) :] if path.startswith(prefix) else path.rsplit("/", 1)[-1]
+    stem, dot, extension = relative.rpartition(".")
+    return stem if dot and "/" not in extension else relative
+
+
+def error_record(*, track_id: str, uri: str, stage: str, error: BaseException | str) -> dict:
+    """A dead-letter line: which input, which stage, and why."""
+    if isinstance(error, BaseException):
+        error_type, message = type(error).__name__, str(error) or repr(error)
+    else:
+        error_type, message = error, error
+    return {"uri": uri, "track_id": track_id, "stage": stage, "error_type": error_type, "message": message}
+
+
+class ListTracks(beam.PTransform):
+    """A glob or a manifest (CSV/Parquet with track_id, uri) → (track_id, uri) pairs."""
+
+    def __init__(self, source: str):
+        super().__init__()
+        self._source = source
+
+    def expand(self, pbegin):
+        if is_manifest(self._source):
+            if self._source.lower().endswith(".parquet"):
+                rows = pbegin | "ReadManifest" >> beam.io.ReadFromParquet(self._source, columns=["track_id", "uri"])
+                return rows | "ManifestPairs" >> beam.Map(lambda row: (str(row["track_id"]), str(row["uri"])))
+            columns = _csv_columns(self._source)
+            return (
+                pbegin
+                | "ReadManifest" >> beam.io.ReadFromText(self._source, skip_header_lines=1)
+                | "ManifestPairs" >> beam.FlatMap(_manifest_pair, columns)
+            )
+        prefix = glob_prefix(self._source)
+        return (
+            pbegin
+            | "Pattern" >> beam.Create([self._source])
+            | "Match" >> beam.ParDo(MatchPaths())
+            | "GlobPairs" >> beam.Map(lambda path: (track_id_for(path, prefix), path))
+        )
+
+
+def _csv_columns(path: str) -> tuple[int, int]:
+    """Positions of track_id and uri in a CSV manifest's header (read in the launcher, so
+    workers can parse lines on their own; a row must fit on one line)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        header = next(csv.reader([handle.readline().decode("utf-8-sig")]), [])
+    names = [name.strip() for name in header]
+    missing = {"track_id", "uri"} - set(names)
+    if missing:
+        raise ConfigError(f"manifest {path!r} lacks column(s) {sorted(missing)}; header is {names}")
+    return names.index("track_id"), names.index("uri")
+
+
+def _manifest_pair(line: str, columns: tuple[int, int]) -> Iterator[tuple[str, str]]:
+    if line.strip():
+        row = next(csv.reader([line]))
+        yield row[columns[0]].strip(), row[columns[1]].strip()
+
+
+class MatchPaths(beam.DoFn):
+    """Every path a glob names. On local disks Beam's matcher drops broken links and
+    directories without a word; we keep broken links, and directories named like files
+    (`song.mp3/`), so they reach the dead letters with a reason. Directories without an
+    extension are the folders a `**` walks through, not inputs."""
+
+    def process(self, pattern: str) -> Iterator[str]:
+        if FileSystems.get_scheme(pattern) is None:
+            for path in sorted(glob.glob(pattern, recursive=True)):
+                if not os.path.isdir(path) or os.path.splitext(path.rstrip("/"))[1]:
+                    yield path
+        else:
+            for metadata in FileSystems.match([pattern])[0].metadata_list:
+                yield metadata.path
+
+
+class KeepOneUriPerTrack(beam.DoFn):
+    """Two inputs with one track id would overwrite each other downstream: keep the first
+    URI in sorted order and dead-letter the others, so each input is accounted for."""
+
+    def process(self, element: tuple[str, Iterable[str]]) -> Iterator:
+        track_id, uris = element
+        kept, *duplicates = sorted(uris)
+        yield track_id, kept
+        for uri in duplicates:
+            message = f"track_id {track_id!r} also names {kept!r}, which was kept"
+            record = error_record(track_id=track_id, uri=uri, stage="list", error="DuplicateTrackId")
+            yield beam.pvalue.TaggedOutput("errors", {**record, "message": message})
+
+
+class ComputeLogMel(beam.DoFn):
+    """(track_id, uri) → serialized feature Example, or a dead letter naming the stage."""
+
+    def __init__(self, config: FeatureConfig, dtype: str):
+        self._config = config
+        self._dtype = dtype
+        self._read = Metrics.counter(METRICS_NAMESPACE, "tracks_read")
+        self._written = Metrics.counter(METRICS_NAMESPACE, "tracks_written")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "tracks_failed")
+        self._audio_seconds = Metrics.counter(METRICS_NAMESPACE, "audio_seconds")
+        self._track_ms = Metrics.distribution(METRICS_NAMESPACE, "track_processing_ms")
+
+    def setup(self) -> None:
+        # Import here: TensorFlow and librosa load once per worker, not in the launcher.
+        from musicrep import features
+        from musicrep.features import shards
+
+        self._features, self._shards = features, shards
+        features.mel_filterbank(self._config)
+        self._done = 0
+        self._last_progress = time.monotonic()
+
+    def process(self, element: tuple[str, str]) -> Iterator:
+        track_id, uri = element
+        started = time.perf_counter()
+        self._read.inc()
+        stage = "read"
+        try:
+            with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                content_sha256 = _sha256(handle)
+                handle.seek(0)
+                stage = "decode"
+                waveform = self._features.decode(handle, config=self._config)
+            stage = "log_mel"
+            log_mel = self._features.log_mel(waveform, config=self._config)
+            stage = "serialize"
+            duration_s = waveform.shape[0] / self._config.sample_rate_hz
+            record = self._shards.FeatureRecord(
+                track_id=track_id,
+                uri=uri,
+                content_sha256=content_sha256,
+                sample_rate=self._config.sample_rate_hz,
+                duration_s=duration_s,
+                log_mel=log_mel,
+                feature_config=self._config.to_json(),
+                feature_version=self._config.version,
+            )
+            serialized = self._shards.serialize_record(record, dtype=self._dtype)
+        except Exception as error:  # every failure becomes a dead letter, never a crash
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(
+                "errors", error_record(track_id=track_id, uri=uri, stage=stage, error=error)
+            )
+        else:
+            self._written.inc()
+            self._audio_seconds.inc(int(round(duration_s)))
+            yield serialized
+        self._track_ms.update(int((time.perf_counter() - started) * 1000))
+        self._report_progress()
+
+    def _report_progress(self) -> None:
+        self._done += 1
+        now = time.monotonic()
+        if now - self._last_progress >= _PROGRESS_EVERY_S:
+            logger.info("features: %d tracks processed by this worker", self._done)
+            self._last_progress = now
+
+
+def _sha256(handle) -> str:
+    digest = hashlib.sha256()
+    while chunk := handle.read(_HASH_CHUNK_BYTES):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ExtractLogMel(beam.PTransform):
+    """(track_id, uri) pairs → {"features": serialized Examples, "errors": dead letters}."""
+
+    def __init__(self, config: FeatureConfig = DEFAULT_FEATURE_CONFIG, dtype: str = "float16"):
+        super().__init__()
+        self._config = config
+        self._dtype = dtype
+
+    def expand(self, tracks):
+        # Grouping by track id both finds duplicates and redistributes the work (it is a
+        # shuffle), so decoding spreads over all workers even when listing did not.
+        unique = (
+            tracks
+            | "GroupByTrackId" >> beam.GroupByKey()
+            | "KeepOneUriPerTrack" >> beam.ParDo(KeepOneUriPerTrack()).with_outputs("errors", main="tracks")
+        )
+        computed = unique.tracks | "ComputeLogMel" >> beam.ParDo(
+            ComputeLogMel(self._config, self._dtype)
+        ).with_outputs("errors", main="features")
+        errors = (unique.errors, computed.errors) | "AllErrors" >> beam.Flatten()
+        return {"features": computed.features, "errors": errors}
+
+
+class RemoveStaleOutputs(beam.DoFn):
+    """After the writes, deletes earlier runs' shards that this run did not rewrite, so an
+    output directory never mixes two runs (shard counts may differ between runs)."""
+
+    def __init__(self, output_dir: str, prefixes: tuple[str, ...]):
+        self._output_dir = output_dir
+        self._prefixes = prefixes
+
+    def process(self, written: list[str]) -> Iterator[str]:
+        keep = {FileSystems.split(path)[1] for path in written}
+        patterns = [FileSystems.join(self._output_dir, f"{prefix}-*-of-*") for prefix in self._prefixes]
+        stale = [
+            metadata.path
+            for match in FileSystems.match(patterns)
+            for metadata in match.metadata_list
+            if FileSystems.split(metadata.path)[1] not in keep
+        ]
+        if stale:
+            FileSystems.delete(stale)
+        yield from stale
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    *,
+    source: str,
+    output_dir: str,
+    num_shards: int = 0,
+    dtype: str = "float16",
+    config: FeatureConfig = DEFAULT_FEATURE_CONFIG,
+) -> None:
+    """The features job: list → group by track id → decode + log-mel → shards + errors."""
+    results = pipeline | "ListTracks" >> ListTracks(source) | "ExtractLogMel" >> ExtractLogMel(config, dtype)
+    shards = results["features"] | "WriteShards" >> beam.io.WriteToTFRecord(
+        FileSystems.join(output_dir, SHARD_PREFIX),
+        file_name_suffix=".tfrecord.gz",
+        num_shards=num_shards,
+        shard_name_template=SHARD_TEMPLATE,
+        compression_type=CompressionTypes.GZIP,
+    )
+    errors = (
+        results["errors"]
+        | "ErrorsToJson" >> beam.Map(lambda record: json.dumps(record, ensure_ascii=False, sort_keys=True))
+        | "WriteErrors" >> beam.io.WriteToText(
+            FileSystems.join(output_dir, ERRORS_PREFIX),
+            file_name_suffix=".jsonl",
+            num_shards=1,
+            shard_name_template=SHARD_TEMPLATE,
+        )
+    )
+    _ = (
+        (shards, errors)
+        | "WrittenFiles" >> beam.Flatten()
+        | "CollectWritten" >> beam.combiners.ToList()
+        | "RemoveStaleOutputs" >> beam.ParDo(RemoveStaleOutputs(output_dir, (SHARD_PREFIX, ERRORS_PREFIX)))
+    )
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="musicrep features",
+        description="Decode an audio catalog and write 96-bin log-mel TFRecord shards (SPEC §1). "
+        "Options not listed here go to Beam (e.g. --runner, --direct_num_workers, --project).",
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="glob of audio files (local or gs://, e.g. 'catalog/**/*.mp3') or a manifest "
+        ".csv/.parquet with columns track_id,uri",
+    )
+    parser.add_argument("--output", required=True, help="output directory (local or gs://)")
+    parser.add_argument(
+        "--shards", type=int, default=0, help="number of feature shards (default 0: the runner decides)"
+    )
+    parser.add_argument(
+        "--dtype", choices=("float16", "float32"), default="float16", help="log-mel storage type (default float16)"
+    )
+    return parser.parse_known_args(argv)
+
+
+def run(argv: list[str] | None = None) -> int:
+    args, beam_args = parse_args(argv)
+    if args.shards < 0:
+        raise ConfigError(f"--shards must be >= 0, got {args.shards}")
+    _check_source(args.input)
+    options = make_pipeline_options(beam_args)
+    started = time.perf_counter()
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, source=args.input, output_dir=args.output, num_shards=args.shards, dtype=args.dtype)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = counter_values(result)
+    elapsed_s = time.perf_counter() - started
+    print(summary(counters, output_dir=args.output, elapsed_s=elapsed_s))
+    return 0
+
+
+def summary(counters: dict[str, int], *, output_dir: str, elapsed_s: float) -> str:
+    read, written, failed = (counters.get(k, 0) for k in ("tracks_read", "tracks_written", "tracks_failed"))
+    audio_s = counters.get("audio_seconds", 0)
+    return "\n".join(
+        [
+            f"features: {read} tracks read, {written} written, {failed} failed, "
+            f"{audio_s} s of audio in {elapsed_s:.1f} s ({audio_s / max(elapsed_s, 1e-9):.0f}x real time)",
+            f"  shards: {FileSystems.join(output_dir, SHARD_PREFIX)}-*-of-*.tfrecord.gz "
+            "(one tf.train.Example per track: track_id, uri, content_sha256, log_mel [n_frames, 96], ...)",
+            f"  errors: {FileSystems.join(output_dir, ERRORS_PREFIX)}-*-of-*.jsonl "
+            "(one JSON line per input that failed: uri, track_id, stage, error_type, message)",
+        ]
+    )
+
+
+def _check_source(source: str) -> None:
+    # Fail in the launcher, before any worker starts, when the input names nothing.
+    if is_manifest(source):
+        if not FileSystems.exists(source):
+            raise ConfigError(f"manifest {source!r} does not exist")
+        if source.lower().endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            with FileSystems.open(source, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                names = pq.read_schema(handle).names
+            missing = {"track_id", "uri"} - set(names)
+            if missing:
+                raise ConfigError(f"manifest {source!r} lacks column(s) {sorted(missing)}; columns are {names}")
+        return
+    if not list(MatchPaths().process(source)):
+        raise ConfigError(f"no files match {source!r}")

@@ -1,0 +1,79 @@
+"""Exports: save → load bit-identical, the sidecar, the CLI, and the projector."""
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from musicrep.errors import MusicrepError
+from musicrep.features.config import DEFAULT_FEATURE_CONFIG
+from musicrep.model import SF_NFNET_VARIANTS, load, projector, read_metadata, save
+from musicrep.model import cli
+from musicrep.model.export import SIDECAR_FILE, compute_model_id
+
+
+@pytest.fixture
+def tiny_export(tiny_model, tmp_path):
+    uri = str(tmp_path / "tiny")
+    metadata = save(tiny_model, uri, config=SF_NFNET_VARIANTS["tiny"], source="test")
+    return uri, metadata
+
+
+def test_save_load_is_bit_identical(tiny_model, tiny_export, rng):
+    uri, metadata = tiny_export
+    loaded = load(uri)
+    assert [w.path for w in loaded.weights] == [w.path for w in tiny_model.weights]
+    for ours, theirs in zip(loaded.get_weights(), tiny_model.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
+    x = rng.standard_normal((2, 96, 300)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(tiny_model(x)))
+    assert compute_model_id(loaded, SF_NFNET_VARIANTS["tiny"]) == metadata.model_id
+
+
+def test_sidecar_describes_the_model(tiny_model, tiny_export):
+    uri, metadata = tiny_export
+    assert read_metadata(uri) == metadata
+    assert metadata.embedding_size == 224 == tiny_model.output.shape[-1]
+    assert metadata.n_parameters == tiny_model.count_params()
+    assert metadata.feature_config_sha256 == DEFAULT_FEATURE_CONFIG.sha256()
+    assert metadata.features == DEFAULT_FEATURE_CONFIG
+    assert metadata.sf_nfnet_config == SF_NFNET_VARIANTS["tiny"]
+    assert (metadata.n_mels, metadata.min_frames) == (96, 16)
+    assert len(metadata.model_id) == 64 and int(metadata.model_id, 16) >= 0
+
+
+def test_load_refuses_weights_that_do_not_match_the_sidecar(tiny_export, tmp_path):
+    uri, metadata = tiny_export
+    sidecar = tmp_path / "tiny" / SIDECAR_FILE
+    fields = json.loads(sidecar.read_text())
+    fields["model_id"] = "0" * 64
+    sidecar.write_text(json.dumps(fields))
+    with pytest.raises(MusicrepError, match=f"weights hash to {metadata.model_id}, but the sidecar says 0000"):
+        load(uri)
+
+
+def test_cli_init_and_info(tmp_path, capsys):
+    outputs = {}
+    for run_name, seed in (("a", 4), ("b", 4), ("c", 5)):
+        assert cli.run(["init", "--config", "tiny", "--seed", str(seed), "--output", str(tmp_path / run_name)]) == 0
+        outputs[run_name] = json.loads(capsys.readouterr().out)
+    assert outputs["a"]["model_id"] == outputs["b"]["model_id"] != outputs["c"]["model_id"]
+    assert outputs["a"]["source"] == "init seed=4"
+    assert cli.run(["info", str(tmp_path / "c")]) == 0
+    assert json.loads(capsys.readouterr().out) == outputs["c"]
+
+
+def test_projector_matches_spec():
+    keras.utils.set_random_seed(0)
+    head = projector(1024)
+    assert head.count_params() == 44_838_912
+    assert head.output.shape == (None, 1024) and head.input.shape == (None, 1728)
+    out_layer = head.get_layer("projector_out")
+    assert out_layer.bias is None
+    assert float(np.std(out_layer.kernel.numpy())) == pytest.approx(0.01, rel=0.01)
+    assert [head.get_layer(f"projector_dense{i}").activation.__name__ for i in (1, 2, 3)] == ["relu"] * 3
+
+
+def test_projector_for_supervised_logits():
+    head = projector(50, hidden=(64,), input_dim=224)
+    assert head.count_params() == 224 * 64 + 64 + 64 * 50

@@ -1,0 +1,214 @@
+"""The features job end to end on the embedded runner, and its transforms on their own."""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from audio_files import tone, write_audio
+from musicrep.errors import ConfigError
+from musicrep.features import decode, log_mel, parse_record, read_shards
+from musicrep.features.config import DEFAULT_FEATURE_CONFIG
+from musicrep.pipelines import features as job
+
+RUNNER_ARGS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
+
+
+def read_outputs(output_dir: str) -> tuple[dict, list[dict]]:
+    records = {}
+    for path in sorted(glob.glob(os.path.join(output_dir, "features-*-of-*.tfrecord.gz"))):
+        for serialized in _tfrecords(path):
+            record = parse_record(serialized)
+            assert record.track_id not in records, f"{record.track_id} written twice"
+            records[record.track_id] = record
+    errors = []
+    for path in sorted(glob.glob(os.path.join(output_dir, "errors-*-of-*.jsonl"))):
+        with open(path, encoding="utf-8") as handle:
+            errors += [json.loads(line) for line in handle if line.strip()]
+    return records, errors
+
+
+def _tfrecords(path: str):
+    import tensorflow as tf
+
+    for item in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+        yield item.numpy()
+
+
+@pytest.fixture(scope="module")
+def good_catalog(tmp_path_factory):
+    """Four playable tracks in four codecs, one in a subfolder, one with a spaced,
+    non-ASCII name."""
+    root = tmp_path_factory.mktemp("catalog")
+    (root / "sub").mkdir()
+    stereo = np.stack([tone(220, 3.0, 44100), tone(330, 3.0, 44100)], axis=1)
+    write_audio(str(root / "a.wav"), stereo, 44100)
+    write_audio(str(root / "sub" / "b.flac"), tone(440, 2.5, 22050), 22050)
+    write_audio(str(root / "Café del mar.mp3"), tone(523.25, 4.0, 44100), 44100)
+    write_audio(str(root / "d.opus"), tone(660, 1.5, 48000, amplitude=0.2), 48000)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bad_catalog(tmp_path_factory):
+    """The issue's bad inputs: each must be written correctly or dead-lettered."""
+    root = tmp_path_factory.mktemp("bad")
+    (root / "zero.mp3").write_bytes(b"")
+    (root / "text.mp3").write_text("this is not audio\n")
+    full = write_audio(str(root / "full.mp3"), tone(440, 5.0, 44100), 44100)
+    with open(full, "rb") as handle:
+        (root / "truncated.mp3").write_bytes(handle.read()[:3000])
+    write_audio(str(root / "clip.wav"), tone(440, 0.2, 44100), 44100)
+    write_audio(str(root / "silence.flac"), np.zeros(44100 * 2, np.float32), 44100)
+    # 8 channels at 96 kHz, each channel its own tone.
+    eight = np.stack([tone(200 + 100 * c, 1.0, 96000, amplitude=0.1) for c in range(8)], axis=1)
+    write_audio(str(root / "eight channels 96k.wav"), eight, 96000)
+    _write_float_wav(str(root / "nan.wav"), np.array([0.1, np.nan, np.inf, -0.1] * 4000, np.float32), 16000)
+    (root / "folder.wav").mkdir()
+    os.symlink(str(root / "missing-target.wav"), str(root / "dangling.wav"))
+    # 20 minutes at a low rate keeps the file small; the job still decodes all of it.
+    write_audio(str(root / "long.flac"), tone(110, 20 * 60.0, 8000, amplitude=0.3), 8000)
+    return root
+
+
+def _write_float_wav(path: str, samples: np.ndarray, rate_hz: int) -> None:
+    import soundfile
+
+    soundfile.write(path, samples, rate_hz, subtype="FLOAT")
+
+
+def test_job_writes_features_equal_to_the_bare_functions(good_catalog, tmp_path):
+    out = str(tmp_path / "out")
+    assert job.run(["--input", f"{good_catalog}/**", "--output", out, "--shards", "2", "--dtype", "float32", *RUNNER_ARGS]) == 0
+    records, errors = read_outputs(out)
+    assert errors == []
+    assert sorted(records) == ["Café del mar", "a", "d", "sub/b"]
+    assert len(glob.glob(f"{out}/features-*-of-00002.tfrecord.gz")) == 2
+    for path in glob.glob(f"{good_catalog}/**/*.*", recursive=True):
+        track_id = os.path.splitext(os.path.relpath(path, good_catalog))[0]
+        record = records[track_id]
+        with open(path, "rb") as handle:
+            content = handle.read()
+        expected = log_mel(decode(content))
+        assert record.uri == path
+        assert record.content_sha256 == hashlib.sha256(content).hexdigest()
+        assert record.log_mel.shape == expected.shape
+        np.testing.assert_array_equal(record.log_mel, expected)
+        assert record.duration_s == pytest.approx((expected.shape[0] - 1) * 0.01, abs=0.011)
+        assert record.sample_rate == 16000 and record.n_mels == 96
+        assert json.loads(record.feature_config) == json.loads(DEFAULT_FEATURE_CONFIG.to_json())
+
+
+def test_bad_inputs_are_written_or_dead_lettered_and_counts_add_up(bad_catalog, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    job.run(["--input", f"{bad_catalog}/*", "--output", out, *RUNNER_ARGS])
+    records, errors = read_outputs(out)
+    inputs = {os.path.splitext(name)[0] for name in os.listdir(bad_catalog)}
+    failed = {error["track_id"]: error for error in errors}
+    assert set(records) | set(failed) == inputs
+    assert not set(records) & set(failed)
+    assert {"zero", "text", "nan", "folder", "dangling"} <= set(failed)
+    assert failed["zero"]["error_type"] == "AudioDecodeError" and failed["zero"]["stage"] == "decode"
+    assert "non-finite" in failed["nan"]["message"]
+    assert failed["folder"]["error_type"] == "IsADirectoryError" and failed["folder"]["stage"] == "read"
+    assert failed["dangling"]["error_type"] == "FileNotFoundError"
+    assert {"clip", "silence", "eight channels 96k", "long", "full"} <= set(records)
+    assert records["clip"].n_frames == 1 + int(0.2 * 16000) // 160
+    assert np.all(records["silence"].log_mel == 0.0)
+    assert records["long"].duration_s == pytest.approx(1200.0, abs=0.01)
+    # Eight tones summed: louder than one channel could be (SPEC §1's channel sum).
+    assert records["eight channels 96k"].log_mel.max() > 0
+    summary = capsys.readouterr().out
+    assert f"{len(inputs)} tracks read, {len(records)} written, {len(failed)} failed" in summary
+
+
+def test_manifest_with_duplicate_ids_dead_letters_the_extra_uri(good_catalog, tmp_path):
+    wav, flac = str(good_catalog / "a.wav"), str(good_catalog / "sub" / "b.flac")
+    manifest = tmp_path / "manifest.parquet"
+    pq.write_table(pa.table({"track_id": ["x", "x", "y"], "uri": [flac, wav, flac]}), manifest)
+    out = str(tmp_path / "out")
+    job.run(["--input", str(manifest), "--output", out, *RUNNER_ARGS])
+    records, errors = read_outputs(out)
+    assert sorted(records) == ["x", "y"]
+    assert records["x"].uri == wav  # the first in sorted order is kept
+    assert [(e["track_id"], e["uri"], e["error_type"]) for e in errors] == [("x", flac, "DuplicateTrackId")]
+
+
+def test_csv_manifest_and_rerun_replaces_previous_shards(good_catalog, tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"track_id,uri\n001,{good_catalog / 'a.wav'}\n", encoding="utf-8")
+    out = str(tmp_path / "out")
+    job.run(["--input", f"{good_catalog}/**", "--output", out, "--shards", "3", *RUNNER_ARGS])
+    assert len(glob.glob(f"{out}/features-*")) == 3
+    job.run(["--input", str(manifest), "--output", out, "--shards", "1", *RUNNER_ARGS])
+    assert [os.path.basename(p) for p in glob.glob(f"{out}/features-*")] == ["features-00000-of-00001.tfrecord.gz"]
+    records, errors = read_outputs(out)
+    assert list(records) == ["001"] and errors == []
+
+
+def test_read_shards_parses_float16_shards(good_catalog, tmp_path):
+    out = str(tmp_path / "out")
+    job.run(["--input", f"{good_catalog}/*.wav", "--output", out, *RUNNER_ARGS])
+    (element,) = list(read_shards(f"{out}/features-*.tfrecord.gz"))
+    expected = log_mel(decode((good_catalog / "a.wav").read_bytes()))
+    assert element["track_id"].numpy() == b"a"
+    assert element["log_mel_dtype"].numpy() == b"float16"
+    # float16 keeps 11 significant bits: relative error ≤ 2^-11 of values below ~8.
+    np.testing.assert_allclose(element["log_mel"].numpy(), expected, rtol=2**-11, atol=1e-6)
+
+
+def test_extract_log_mel_transform_in_a_test_pipeline(good_catalog):
+    wav = str(good_catalog / "a.wav")
+    missing = str(good_catalog / "nope.wav")
+    with TestPipeline() as pipeline:
+        results = (
+            pipeline
+            | beam.Create([("a", wav), ("gone", missing)])
+            | job.ExtractLogMel(dtype="float32")
+        )
+        ids = results["features"] | "Ids" >> beam.Map(lambda serialized: parse_record(serialized).track_id)
+        failures = results["errors"] | "Stages" >> beam.Map(lambda e: (e["track_id"], e["stage"], e["error_type"]))
+        assert_that(ids, equal_to(["a"]), label="features")
+        assert_that(failures, equal_to([("gone", "read", "FileNotFoundError")]), label="errors")
+
+
+def test_keep_one_uri_per_track_called_directly():
+    outputs = list(job.KeepOneUriPerTrack().process(("t", ["b.mp3", "a.mp3", "c.mp3"])))
+    assert outputs[0] == ("t", "a.mp3")
+    assert [o.value["uri"] for o in outputs[1:]] == ["b.mp3", "c.mp3"]
+    assert all(o.tag == "errors" for o in outputs[1:])
+
+
+@pytest.mark.parametrize(
+    "pattern, path, expected",
+    [
+        ("/data/cat/**/*.mp3", "/data/cat/a/b.mp3", "a/b"),
+        ("gs://bucket/x/*.wav", "gs://bucket/x/song.v2.wav", "song.v2"),
+        ("/data/cat/*", "/data/cat/README", "README"),
+        ("/data/c?t/*.mp3", "/data/cat/a.mp3", "cat/a"),
+    ],
+)
+def test_track_id_is_the_path_below_the_glob_prefix_without_extension(pattern, path, expected):
+    assert job.track_id_for(path, job.glob_prefix(pattern)) == expected
+
+
+def test_launcher_refuses_an_input_that_names_nothing(tmp_path):
+    with pytest.raises(ConfigError, match="no files match"):
+        job.run(["--input", f"{tmp_path}/*.mp3", "--output", str(tmp_path / "out")])
+    with pytest.raises(ConfigError, match="does not exist"):
+        job.run(["--input", f"{tmp_path}/nothing.csv", "--output", str(tmp_path / "out")])
+    pq.write_table(pa.table({"id": ["a"], "path": ["a.wav"]}), tmp_path / "m.parquet")
+    with pytest.raises(ConfigError, match=r"lacks column\(s\) \['track_id', 'uri'\]"):
+        job.run(["--input", str(tmp_path / "m.parquet"), "--output", str(tmp_path / "out")])
+    (tmp_path / "m.csv").write_text("id,uri\na,a.wav\n")
+    with pytest.raises(ConfigError, match=r"lacks column\(s\) \['track_id'\]"):
+        job.run(["--input", str(tmp_path / "m.csv"), "--output", str(tmp_path / "out")])
