@@ -29,6 +29,7 @@ EXTRAS_REQUIRE = {
         "duckdb>=1.1",
         "pandas>=2.2",
         "gcp-storage-emulator>=2024.8.3",
+        "dockerfile-parse>=2.0",
     ],
 }
 

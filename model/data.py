@@ -44,6 +44,7 @@ records read so far by this pipeline: `tracks_read`, `tracks_short`, `tracks_unl
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import math
 import os
@@ -62,6 +63,7 @@ SNIPPET_FRAMES = 300
 N_MELS = 96
 FRAMES_PER_SECOND = DEFAULT_FEATURE_CONFIG.frames_per_second
 POSITIVE_MAX_DISTANCE_S = 5.0
+COUNT_KEYS = ("tracks_read", "tracks_short", "tracks_unlabelled")
 _KEYS = ("track_id", "log_mel", "log_mel_dtype", "n_frames", "n_mels")
 _SNIPPET_SPEC = {key: FEATURE_SPEC[key] for key in _KEYS}
 _ITEMSIZE = {"float16": 2, "float32": 4}
@@ -117,14 +119,15 @@ def read_labels(path: str, *, vocabulary: tuple[str, ...] | None = None) -> Labe
     import pandas as pd
 
     with tf.io.gfile.GFile(path, "rb") as handle:
-        if path.endswith((".parquet", ".pq")):
-            frame = pd.read_parquet(handle)
-        elif path.endswith((".csv", ".csv.gz")):
-            frame = pd.read_csv(
-                handle, dtype=str, keep_default_na=False, compression="gzip" if path.endswith(".gz") else None
-            )
-        else:
-            raise ConfigError(f"labels must be a .csv or .parquet file, got {path!r}")
+        payload = io.BytesIO(handle.read())  # labels are small; pyarrow wants a seekable file
+    if path.endswith((".parquet", ".pq")):
+        frame = pd.read_parquet(payload)
+    elif path.endswith((".csv", ".csv.gz")):
+        frame = pd.read_csv(
+            payload, dtype=str, keep_default_na=False, compression="gzip" if path.endswith(".gz") else None
+        )
+    else:
+        raise ConfigError(f"labels must be a .csv or .parquet file, got {path!r}")
     missing = {"track_id", "tags"} - set(frame.columns)
     if missing:
         raise ConfigError(f"{path}: labels need columns track_id and tags, missing {sorted(missing)}")
@@ -162,7 +165,7 @@ def _multi_hot(encoded: tf.Tensor, n_labels: int) -> tf.Tensor:
     parts = tf.strings.split(encoded, "|")
     parts = tf.boolean_mask(parts, tf.strings.length(parts) > 0)
     indices = tf.strings.to_number(parts, tf.int32)
-    return tf.reduce_max(tf.one_hot(indices, n_labels, dtype=tf.float32), axis=0) + tf.zeros([n_labels])
+    return tf.minimum(tf.reduce_sum(tf.one_hot(indices, n_labels, dtype=tf.float32), axis=0), 1.0)
 
 
 # ---------------------------------------------------------------------------- sampler
@@ -274,7 +277,7 @@ def _draw_snippets(serialized, index, *, config: SamplerConfig, table, n_labels:
             values = tf.reshape(values, [draws, config.snippet_frames, N_MELS])
             out[key] = tf.transpose(values, [0, 2, 1])  # time-major on disk → frequency-first
     if table is not None:
-        one = _multi_hot(encoded, n_labels)
+        one = _multi_hot(tf.where(tf.equal(encoded, "-"), "", encoded), n_labels)
         out["labels"] = tf.tile(one[tf.newaxis], [draws, 1])
     out["_flags"] = tf.cast(tf.stack([short, unlabelled]), tf.int64)
     return out
@@ -284,7 +287,7 @@ def _count(state, element):
     """Running (records read, short, unlabelled) counts, attached to each draw."""
     state = state + tf.concat([tf.ones([1], tf.int64), element.pop("_flags")], axis=0)
     draws = tf.shape(element["start"])[0]
-    for i, key in enumerate(("tracks_read", "tracks_short", "tracks_unlabelled")):
+    for i, key in enumerate(COUNT_KEYS):
         element[key] = tf.fill([draws], state[i])
     return state, element
 

@@ -106,7 +106,7 @@ def save(
     """Write `model` and its sidecar under `uri`; `source` records where the weights came from."""
     metadata = ExportMetadata(
         model_id=compute_model_id(model, config),
-        config=config.to_dict(),
+        config=json.loads(json.dumps(config.to_dict())),  # lists, as read back
         feature_config=json.loads(feature_config.to_json()),
         feature_config_sha256=feature_config.sha256(),
         embedding_size=config.embedding_size,

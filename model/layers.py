@@ -46,7 +46,6 @@ class WSConv2D(keras.layers.Layer):
         kernel_initializer: Any = None,
         **kwargs: Any,
     ) -> None:
-        kwargs.pop("autocast", None)
         super().__init__(autocast=False, **kwargs)
         self.filters = filters
         self.kernel_size = tuple(kernel_size)

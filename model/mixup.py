@@ -55,7 +55,7 @@ def draw_mixup(
     g_alpha = tf.random.stateless_gamma(shape, seed=seeds[0], alpha=alpha, dtype=tf.float32)
     g_beta = tf.random.stateless_gamma(shape, seed=seeds[1], alpha=beta, dtype=tf.float32)
     keys = tf.random.stateless_uniform(shape, seed=seeds[2], dtype=tf.float32)
-    return MixupDraw(gains=g_alpha / (g_alpha + g_beta), permutation=tf.argsort(keys, output_type=tf.int32))
+    return MixupDraw(gains=g_alpha / (g_alpha + g_beta), permutation=tf.argsort(keys))
 
 
 def mixup(

@@ -27,6 +27,7 @@ from apache_beam.metrics import Metrics
 
 from musicrep.errors import ConfigError
 from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
+from musicrep.features.shards import FeatureRecord, serialize_record
 from musicrep.pipelines.options import METRICS_NAMESPACE, counter_values, make_pipeline_options
 
 logger = logging.getLogger(__name__)
@@ -142,28 +143,32 @@ class KeepOneUriPerTrack(beam.DoFn):
 
 
 class ComputeLogMel(beam.DoFn):
-    """(track_id, uri) → serialized feature Example, or a dead letter naming the stage."""
+    """(track_id, uri) → FeatureRecord, or a dead letter naming the stage.
 
-    def __init__(self, config: FeatureConfig, dtype: str):
+    With `existing` (track_id → content_sha256 of tracks already embedded with the same
+    model and features), a track whose bytes hash to the known value is not decoded:
+    it goes to the "skipped" output as (track_id, uri).
+    """
+
+    def __init__(self, config: FeatureConfig):
         self._config = config
-        self._dtype = dtype
         self._read = Metrics.counter(METRICS_NAMESPACE, "tracks_read")
         self._written = Metrics.counter(METRICS_NAMESPACE, "tracks_written")
         self._failed = Metrics.counter(METRICS_NAMESPACE, "tracks_failed")
+        self._skipped = Metrics.counter(METRICS_NAMESPACE, "tracks_skipped")
         self._audio_seconds = Metrics.counter(METRICS_NAMESPACE, "audio_seconds")
         self._track_ms = Metrics.distribution(METRICS_NAMESPACE, "track_processing_ms")
 
     def setup(self) -> None:
-        # Import here: TensorFlow and librosa load once per worker, not in the launcher.
+        # Import here: librosa (for the filterbank) loads once per worker, not in the launcher.
         from musicrep import features
-        from musicrep.features import shards
 
-        self._features, self._shards = features, shards
+        self._features = features
         features.mel_filterbank(self._config)
         self._done = 0
         self._last_progress = time.monotonic()
 
-    def process(self, element: tuple[str, str]) -> Iterator:
+    def process(self, element: tuple[str, str], existing: dict[str, str] | None = None) -> Iterator:
         track_id, uri = element
         started = time.perf_counter()
         self._read.inc()
@@ -171,14 +176,17 @@ class ComputeLogMel(beam.DoFn):
         try:
             with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
                 content_sha256 = _sha256(handle)
+                if existing and existing.get(track_id) == content_sha256:
+                    self._skipped.inc()
+                    yield beam.pvalue.TaggedOutput("skipped", (track_id, uri))
+                    return
                 handle.seek(0)
                 stage = "decode"
                 waveform = self._features.decode(handle, config=self._config)
             stage = "log_mel"
             log_mel = self._features.log_mel(waveform, config=self._config)
-            stage = "serialize"
             duration_s = waveform.shape[0] / self._config.sample_rate_hz
-            record = self._shards.FeatureRecord(
+            record = FeatureRecord(
                 track_id=track_id,
                 uri=uri,
                 content_sha256=content_sha256,
@@ -188,7 +196,6 @@ class ComputeLogMel(beam.DoFn):
                 feature_config=self._config.to_json(),
                 feature_version=self._config.version,
             )
-            serialized = self._shards.serialize_record(record, dtype=self._dtype)
         except Exception as error:  # every failure becomes a dead letter, never a crash
             self._failed.inc()
             yield beam.pvalue.TaggedOutput(
@@ -197,7 +204,7 @@ class ComputeLogMel(beam.DoFn):
         else:
             self._written.inc()
             self._audio_seconds.inc(int(round(duration_s)))
-            yield serialized
+            yield record
         self._track_ms.update(int((time.perf_counter() - started) * 1000))
         self._report_progress()
 
@@ -217,12 +224,16 @@ def _sha256(handle) -> str:
 
 
 class ExtractLogMel(beam.PTransform):
-    """(track_id, uri) pairs → {"features": serialized Examples, "errors": dead letters}."""
+    """(track_id, uri) pairs → {"features": FeatureRecords, "errors": dead letters,
+    "skipped": (track_id, uri) of tracks `existing` already covers}.
 
-    def __init__(self, config: FeatureConfig = DEFAULT_FEATURE_CONFIG, dtype: str = "float16"):
+    `existing`, optional: a PCollection of (track_id, content_sha256) to skip.
+    """
+
+    def __init__(self, config: FeatureConfig = DEFAULT_FEATURE_CONFIG, existing=None):
         super().__init__()
         self._config = config
-        self._dtype = dtype
+        self._existing = existing
 
     def expand(self, tracks):
         # Grouping by track id both finds duplicates and redistributes the work (it is a
@@ -232,11 +243,12 @@ class ExtractLogMel(beam.PTransform):
             | "GroupByTrackId" >> beam.GroupByKey()
             | "KeepOneUriPerTrack" >> beam.ParDo(KeepOneUriPerTrack()).with_outputs("errors", main="tracks")
         )
+        existing = beam.pvalue.AsDict(self._existing) if self._existing is not None else None
         computed = unique.tracks | "ComputeLogMel" >> beam.ParDo(
-            ComputeLogMel(self._config, self._dtype)
-        ).with_outputs("errors", main="features")
+            ComputeLogMel(self._config), existing=existing
+        ).with_outputs("errors", "skipped", main="features")
         errors = (unique.errors, computed.errors) | "AllErrors" >> beam.Flatten()
-        return {"features": computed.features, "errors": errors}
+        return {"features": computed.features, "errors": errors, "skipped": computed.skipped}
 
 
 class RemoveStaleOutputs(beam.DoFn):
@@ -271,13 +283,17 @@ def build_pipeline(
     config: FeatureConfig = DEFAULT_FEATURE_CONFIG,
 ) -> None:
     """The features job: list → group by track id → decode + log-mel → shards + errors."""
-    results = pipeline | "ListTracks" >> ListTracks(source) | "ExtractLogMel" >> ExtractLogMel(config, dtype)
-    shards = results["features"] | "WriteShards" >> beam.io.WriteToTFRecord(
+    results = pipeline | "ListTracks" >> ListTracks(source) | "ExtractLogMel" >> ExtractLogMel(config)
+    shards = (
+        results["features"]
+        | "Serialize" >> beam.Map(serialize_record, dtype=dtype)
+        | "WriteShards" >> beam.io.WriteToTFRecord(
         FileSystems.join(output_dir, SHARD_PREFIX),
         file_name_suffix=".tfrecord.gz",
         num_shards=num_shards,
         shard_name_template=SHARD_TEMPLATE,
         compression_type=CompressionTypes.GZIP,
+        )
     )
     errors = (
         results["errors"]
@@ -323,7 +339,7 @@ def run(argv: list[str] | None = None) -> int:
     args, beam_args = parse_args(argv)
     if args.shards < 0:
         raise ConfigError(f"--shards must be >= 0, got {args.shards}")
-    _check_source(args.input)
+    check_source(args.input)
     options = make_pipeline_options(beam_args)
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
@@ -351,7 +367,7 @@ def summary(counters: dict[str, int], *, output_dir: str, elapsed_s: float) -> s
     )
 
 
-def _check_source(source: str) -> None:
+def check_source(source: str) -> None:
     # Fail in the launcher, before any worker starts, when the input names nothing.
     if is_manifest(source):
         if not FileSystems.exists(source):

@@ -104,11 +104,11 @@ def read_embeddings(pattern: str) -> Embeddings:
     paths = match_files(pattern)
     tables = []
     for path in paths:
-        table = pq.read_table(pa.BufferReader(read_bytes(path)))
-        absent = [name for name in EMBEDDING_COLUMNS if name not in table.column_names]
+        parquet = pq.ParquetFile(pa.BufferReader(read_bytes(path)))
+        absent = [name for name in EMBEDDING_COLUMNS if name not in parquet.schema_arrow.names]
         if absent:
             raise ConfigError(f"{path} lacks column(s) {absent}; is it the embed job's output?")
-        tables.append(table.select(list(EMBEDDING_COLUMNS)))
+        tables.append(parquet.read(columns=list(EMBEDDING_COLUMNS)))
     try:
         table = pa.concat_tables(tables)
     except pa.ArrowInvalid as error:

@@ -28,6 +28,7 @@ ADAM_EPSILON = 1e-7
 # Steps per compiled call: long enough that Python is idle, short enough for progress logs.
 STEPS_PER_CALL = 500
 PREDICT_BATCH = 8192
+PROGRESS_SECONDS = 30.0
 
 
 def build_probe(*, input_dim: int, n_outputs: int, hidden_units: tuple[int, ...],
@@ -142,7 +143,7 @@ def fit_probe(model: keras.Model, x: tf.Tensor, y: tf.Tensor, *, task: str,
         return total / tf.cast(tf.shape(indices)[0], tf.float32)
 
     stream = _BatchStream(n_tracks, batch_size, seed)
-    started = time.perf_counter()
+    started = last_log = time.perf_counter()
     done, mean_loss = 0, math.nan
     while done < hyper.steps:
         chunk = min(STEPS_PER_CALL, hyper.steps - done)
@@ -150,9 +151,12 @@ def fit_probe(model: keras.Model, x: tf.Tensor, y: tf.Tensor, *, task: str,
         done += chunk
         if not math.isfinite(mean_loss):
             raise MusicrepError(f"non-finite training loss by step {done} ({hyper})")
-        elapsed = time.perf_counter() - started
-        logger.debug("step %d/%d loss %.4f lr %.2e %.0f examples/s", done, hyper.steps,
-                     mean_loss, float(schedule(done)), done * batch_size / elapsed)
+        now = time.perf_counter()
+        if now - last_log >= PROGRESS_SECONDS or done == hyper.steps:
+            last_log, rate = now, done / (now - started)
+            logger.info("step %d/%d loss %.4f lr %.2e %.0f examples/s ETA %.0f s", done,
+                        hyper.steps, mean_loss, float(schedule(done)), rate * batch_size,
+                        (hyper.steps - done) / rate)
     return FitSummary(hyper.steps, batch_size, time.perf_counter() - started, mean_loss)
 
 

@@ -2,6 +2,7 @@
 import keras
 import numpy as np
 import pytest
+from scipy.special import erf
 
 from musicrep.errors import ConfigError
 from musicrep.model import SF_NFNET_VARIANTS, build_sf_nfnet, sf_nfnet_f0, stage_activation_stats
@@ -102,9 +103,7 @@ def test_embedding_is_phi_of_pooled_paths(tiny_model, rng):
     probe = keras.Model(tiny_model.input, [tiny_model.get_layer(n).output for n in (slow_name, fast_name, "embedding")])
     slow, fast, z = (np.asarray(t, dtype="float64") for t in probe(rng.standard_normal((3, 96, 120)).astype("float32")))
     pooled = np.concatenate([slow.mean(axis=(1, 2)), fast.mean(axis=(1, 2))], axis=1)
-    from scipy.special import erf as scipy_erf
-
-    expected = 1.7015043497085571 * pooled * 0.5 * (1 + scipy_erf(pooled / np.sqrt(2)))
+    expected = 1.7015043497085571 * pooled * 0.5 * (1 + erf(pooled / np.sqrt(2)))
     np.testing.assert_allclose(z, expected, rtol=1e-5, atol=1e-6)
     assert z.shape == (3, config.slow_widths[-1] + config.fast_widths[-1])
 

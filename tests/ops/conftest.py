@@ -9,9 +9,10 @@ environment variables, and creates one bucket. Nothing leaves the loopback inter
 - Beam asks ``google.auth.default()`` for credentials and, when there are none, retries with
   exponential backoff for about 40 s per process before going anonymous. To keep every
   process (pytest, Beam's multi-process workers, a Flink LOOPBACK harness) fast, the fixture
-  writes an ``authorized_user`` credentials file whose ``token_uri`` is a tiny token
-  endpoint served on 127.0.0.1 by a thread of this process, and points
-  ``GOOGLE_APPLICATION_CREDENTIALS`` at it. ``NO_GCE_CHECK`` and a loopback
+  writes a service-account credentials file (a throw-away RSA key) whose ``token_uri`` is
+  a tiny token endpoint served on 127.0.0.1 by a thread of this process, and points
+  ``GOOGLE_APPLICATION_CREDENTIALS`` at it (an ``authorized_user`` file would not do:
+  google-auth always sends those to the real OAuth endpoint). ``NO_GCE_CHECK`` and a loopback
   ``GCE_METADATA_HOST`` make sure the metadata server is never probed.
 
 TensorFlow's own GCS filesystem (``tf.io.gfile`` on gs://) has its endpoints compiled in
@@ -46,6 +47,17 @@ def _free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _new_private_key_pem() -> str:
+    """A throw-away RSA key: service-account credentials sign their token request with it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 class _TokenHandler(http.server.BaseHTTPRequestHandler):
@@ -159,10 +171,12 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory):
     token_thread.start()
     credentials_path = work / "application_default_credentials.json"
     credentials_path.write_text(json.dumps({
-        "type": "authorized_user",
-        "client_id": "musicrep-test",
-        "client_secret": "musicrep-test",
-        "refresh_token": "musicrep-test",
+        "type": "service_account",
+        "project_id": _PROJECT,
+        "private_key_id": "musicrep-test",
+        "private_key": _new_private_key_pem(),
+        "client_email": f"tests@{_PROJECT}.iam.gserviceaccount.com",
+        "client_id": "0",
         "token_uri": f"http://127.0.0.1:{token_server.server_address[1]}/token",
     }))
     (work / "gcloud").mkdir()

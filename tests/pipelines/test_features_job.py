@@ -173,9 +173,9 @@ def test_extract_log_mel_transform_in_a_test_pipeline(good_catalog):
         results = (
             pipeline
             | beam.Create([("a", wav), ("gone", missing)])
-            | job.ExtractLogMel(dtype="float32")
+            | job.ExtractLogMel()
         )
-        ids = results["features"] | "Ids" >> beam.Map(lambda serialized: parse_record(serialized).track_id)
+        ids = results["features"] | "Ids" >> beam.Map(lambda record: record.track_id)
         failures = results["errors"] | "Stages" >> beam.Map(lambda e: (e["track_id"], e["stage"], e["error_type"]))
         assert_that(ids, equal_to(["a"]), label="features")
         assert_that(failures, equal_to([("gone", "read", "FileNotFoundError")]), label="errors")

@@ -77,6 +77,8 @@ def plant(task: str, rng: np.random.Generator, *, shuffle: bool = False,
         weights = rng.standard_normal((DIM, 2))
         values = signal @ weights
         labels = {"valence": values[:, 0].tolist(), "arousal": values[:, 1].tolist()}
+        # The best linear read-out reaches r² = 4 / (4 + noise²): ≈ 0.98 at this noise.
+        noise = noise / 4
     vectors = (signal + noise * rng.standard_normal((n, DIM))).astype(np.float32)
     if shuffle:
         order = rng.permutation(n)

@@ -1,0 +1,53 @@
+"""Window placement of SPEC §4, checked against the reference's own rule written out."""
+import numpy as np
+import pytest
+
+from musicrep.errors import ConfigError, TooShortError
+from musicrep.features.windows import cut_windows, window_starts
+
+
+def reference_starts(n_frames: int, window: int, hop: int) -> list[int]:
+    # The reference's slice extractor: centres hop, 2·hop, … below n_frames, clamped to
+    # [w/2, n_frames − w/2], window [c − w/2, c + w/2) (without its 8000-frame skip).
+    half = window // 2
+    centres = [min(max(c, half), n_frames - half) for c in range(hop, n_frames, hop)]
+    return [c - half for c in centres]
+
+
+@pytest.mark.parametrize("n_frames", [300, 301, 455, 601, 1000, 2401, 18001])
+def test_default_placement_equals_the_reference_rule(n_frames):
+    starts, length = window_starts(n_frames, window_frames=300, hop_frames=200)
+    assert length == 300
+    assert starts.tolist() == reference_starts(n_frames, 300, 200)
+    assert starts.min() >= 0 and starts.max() + 300 <= n_frames
+
+
+def test_six_second_track_gives_three_windows():
+    starts, _ = window_starts(601, window_frames=300, hop_frames=200)
+    assert starts.tolist() == [50, 250, 301]
+
+
+def test_nsynth_settings():
+    four_second_clip = 401
+    starts, length = window_starts(four_second_clip, window_frames=100, hop_frames=100, max_windows=4)
+    assert length == 100 and starts.tolist() == [50, 150, 250, 301]
+    starts, length = window_starts(four_second_clip, window_frames=400, hop_frames=200, max_windows=1)
+    assert length == 400 and starts.tolist() == [0]
+
+
+def test_short_track_is_one_window_of_its_length_and_too_short_raises():
+    starts, length = window_starts(120, window_frames=300, hop_frames=200, min_frames=16)
+    assert starts.tolist() == [0] and length == 120
+    with pytest.raises(TooShortError, match="15 frames is shorter than the network's minimum of 16"):
+        window_starts(15, window_frames=300, hop_frames=200, min_frames=16)
+    with pytest.raises(ConfigError, match="max_windows must be >= 1, got 0"):
+        window_starts(1000, window_frames=300, hop_frames=200, max_windows=0)
+
+
+def test_cut_windows_is_frequency_first_slicing(rng):
+    log_mel = rng.standard_normal((700, 96)).astype(np.float32)
+    starts = np.array([0, 250, 400])
+    windows = cut_windows(log_mel, starts, 300)
+    assert windows.shape == (3, 96, 300) and windows.dtype == np.float32
+    for window, start in zip(windows, starts):
+        np.testing.assert_array_equal(window, log_mel[start : start + 300].T)

@@ -1,0 +1,214 @@
+"""The embed job end to end: shards or audio → Parquet, checked against bare model forwards."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+
+import duckdb
+import keras
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import musicrep.model
+from audio_files import tone, write_audio
+from musicrep.features import decode, log_mel
+from musicrep.model import SF_NFNET_VARIANTS
+from musicrep.pipelines import embed as embed_job
+from musicrep.pipelines import features as features_job
+from musicrep.pipelines import schema
+from musicrep.pipelines.inference import EmbeddingModelHandler, TrackWindows, iterate_batches
+
+IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
+TWO_PROCESSES = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
+DURATIONS_S = {"a": 6.0, "b": 3.0, "sub/c": 9.5, "d": 1.2}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_uri(tmp_path_factory) -> str:
+    keras.utils.set_random_seed(7)
+    uri = str(tmp_path_factory.mktemp("model") / "tiny")
+    config = SF_NFNET_VARIANTS["tiny"]
+    musicrep.model.save(musicrep.model.build_sf_nfnet(config), uri, config=config, source="test")
+    return uri
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    root = tmp_path_factory.mktemp("catalog")
+    (root / "sub").mkdir()
+    for i, (track_id, duration_s) in enumerate(DURATIONS_S.items()):
+        chord = sum(tone(220 * (1 + k / 4) * (1 + i / 8), duration_s, 44100, amplitude=0.2) for k in range(3))
+        write_audio(str(root / f"{track_id}.flac"), chord, 44100)
+    # 0.1 s: 11 frames, fewer than the network's minimum.
+    write_audio(str(root / "blip.wav"), tone(880, 0.1, 44100), 44100)
+    return root
+
+
+@pytest.fixture(scope="module")
+def shards(catalog, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("features"))
+    features_job.run(["--input", f"{catalog}/**/*.*", "--output", out, "--dtype", "float32", *IN_MEMORY])
+    return out
+
+
+def read_embeddings(output_dir: str) -> pd.DataFrame:
+    files = sorted(glob.glob(f"{output_dir}/embeddings-*-of-*.parquet"))
+    return pd.concat([pq.read_table(f).to_pandas() for f in files]).set_index("track_id").sort_index()
+
+
+def read_errors(output_dir: str) -> list[dict]:
+    errors = []
+    for path in glob.glob(f"{output_dir}/errors-*-of-*.jsonl"):
+        with open(path, encoding="utf-8") as handle:
+            errors += [json.loads(line) for line in handle if line.strip()]
+    return errors
+
+
+def bare_track_embedding(model, path: str, *, window: int = 300, hop: int = 200, max_windows=None) -> np.ndarray:
+    """The test's own window cutting (SPEC §4 spelled out) and a plain model call."""
+    with open(path, "rb") as handle:
+        features = log_mel(decode(handle.read()))
+    n_frames = features.shape[0]
+    if n_frames <= window:
+        slices = [features]
+    else:
+        centres = list(range(hop, n_frames, hop))[:max_windows]
+        centres = [min(max(c, window // 2), n_frames - window // 2) for c in centres]
+        slices = [features[c - window // 2 : c + window // 2] for c in centres]
+    batch = np.stack([s.T for s in slices])
+    return np.asarray(model(batch, training=False)).mean(axis=0)
+
+
+@pytest.fixture(scope="module")
+def embedded(shards, tiny_model_uri, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("embeddings"))
+    embed_job.run(
+        ["--features", f"{shards}/features-*", "--model", tiny_model_uri, "--output", out, "--batch-size", "4", *TWO_PROCESSES]
+    )
+    return out
+
+
+def test_embeddings_equal_the_mean_of_bare_forwards(embedded, catalog, tiny_model_uri):
+    model = musicrep.model.load(tiny_model_uri)
+    metadata = musicrep.model.read_metadata(tiny_model_uri)
+    table = read_embeddings(embedded)
+    assert sorted(table.index) == sorted(DURATIONS_S)
+    for track_id, duration_s in DURATIONS_S.items():
+        row = table.loc[track_id]
+        expected = bare_track_embedding(model, str(catalog / f"{track_id}.flac"))
+        np.testing.assert_allclose(np.asarray(row["embedding"]), expected, atol=1e-5, rtol=1e-5)
+        n_frames = 1 + int(round(duration_s * 16000)) // 160
+        assert row["n_windows"] == max(1, len(range(200, n_frames, 200)))
+        assert row["duration_s"] == pytest.approx(duration_s, abs=1e-3)
+        assert row["model_id"] == metadata.model_id
+        assert row["feature_config_sha256"] == metadata.feature_config_sha256
+        assert row["window_s"] == 3.0 and row["hop_s"] == 2.0
+
+
+def test_every_track_once_across_embeddings_and_errors(embedded, catalog):
+    table = read_embeddings(embedded)
+    errors = read_errors(embedded)
+    assert [(e["track_id"], e["stage"], e["error_type"]) for e in errors] == [("blip", "too_short", "TooShortError")]
+    inputs = {os.path.splitext(os.path.relpath(p, catalog))[0] for p in glob.glob(f"{catalog}/**/*.*", recursive=True)}
+    assert set(table.index) | {e["track_id"] for e in errors} == inputs
+    assert len(table) + len(errors) == len(inputs)
+
+
+def test_parquet_schema_and_readers(embedded, tiny_model_uri):
+    size = musicrep.model.read_metadata(tiny_model_uri).embedding_size
+    (path,) = glob.glob(f"{embedded}/embeddings-*-of-*.parquet")
+    table = pq.read_table(path)
+    assert table.schema.equals(schema.embedding_schema(size), check_metadata=True)
+    frame = pd.read_parquet(path)
+    assert frame["embedding"].map(len).eq(size).all()
+    rows = duckdb.sql(
+        f"SELECT track_id, list_avg(embedding) AS m, len(embedding) AS d FROM '{embedded}/embeddings-*.parquet' ORDER BY track_id"
+    ).fetchall()
+    assert [r[0] for r in rows] == sorted(DURATIONS_S)
+    for track_id, mean, d in rows:
+        assert d == size
+        assert mean == pytest.approx(float(np.mean(frame.set_index("track_id").loc[track_id, "embedding"])), rel=1e-5)
+
+
+def test_fused_audio_path_equals_features_then_embed(embedded, catalog, tiny_model_uri, tmp_path):
+    out = str(tmp_path / "fused")
+    embed_job.run(["--audio", f"{catalog}/**/*.*", "--model", tiny_model_uri, "--output", out, *IN_MEMORY])
+    fused, staged = read_embeddings(out), read_embeddings(embedded)
+    assert list(fused.index) == list(staged.index)
+    for track_id in fused.index:
+        np.testing.assert_allclose(fused.loc[track_id, "embedding"], staged.loc[track_id, "embedding"], atol=1e-6)
+        assert fused.loc[track_id, "content_sha256"] == staged.loc[track_id, "content_sha256"]
+    assert [e["track_id"] for e in read_errors(out)] == ["blip"]
+
+
+def test_rerun_gives_the_same_rows(shards, embedded, tiny_model_uri, tmp_path):
+    out = str(tmp_path / "again")
+    embed_job.run(["--features", f"{shards}/features-*", "--model", tiny_model_uri, "--output", out, *IN_MEMORY])
+    first, second = read_embeddings(embedded), read_embeddings(out)
+    columns = [c for c in first.columns if c not in ("created_at", "embedding")]
+    pd.testing.assert_frame_equal(first[columns], second[columns])
+    np.testing.assert_allclose(np.stack(first["embedding"]), np.stack(second["embedding"]), atol=1e-6)
+
+
+def test_skip_existing_recomputes_only_new_or_changed_tracks(catalog, embedded, tiny_model_uri, tmp_path, capsys):
+    changed = tmp_path / "catalog"
+    shutil.copytree(catalog, changed)
+    write_audio(str(changed / "b.flac"), tone(300, 3.0, 44100), 44100)  # changed content
+    write_audio(str(changed / "e.flac"), tone(500, 4.0, 44100), 44100)  # new track
+    os.remove(changed / "d.flac")  # gone from the catalog
+    out = str(tmp_path / "next")
+    capsys.readouterr()
+    embed_job.run(
+        ["--audio", f"{changed}/**/*.*", "--model", tiny_model_uri, "--output", out,
+         "--skip-existing", f"{embedded}/embeddings-*.parquet", *IN_MEMORY]
+    )
+    summary = capsys.readouterr().out
+    # b and e are computed (2 + 1 windows); a and sub/c are copied; blip fails again.
+    assert "5 tracks read, 2 embedded, 2 unchanged (copied), 1 failed; 3 windows" in summary
+    before, after = read_embeddings(embedded), read_embeddings(out)
+    assert sorted(after.index) == ["a", "b", "e", "sub/c"]
+    for track_id in ("a", "sub/c"):
+        assert after.loc[track_id, "created_at"] == before.loc[track_id, "created_at"]
+        np.testing.assert_array_equal(after.loc[track_id, "embedding"], before.loc[track_id, "embedding"])
+    assert after.loc["b", "content_sha256"] != before.loc["b", "content_sha256"]
+
+
+@pytest.mark.parametrize(
+    "flags, n_windows",
+    [(["--window-s", "1", "--hop-s", "1", "--max-windows", "4"], 4), (["--window-s", "4", "--max-windows", "1"], 1)],
+)
+def test_nsynth_window_settings(shards, catalog, tiny_model_uri, tmp_path, flags, n_windows):
+    out = str(tmp_path / "nsynth")
+    embed_job.run(["--features", f"{shards}/features-*", "--model", tiny_model_uri, "--output", out, *flags, *IN_MEMORY])
+    row = read_embeddings(out).loc["a"]
+    assert row["n_windows"] == n_windows
+    window, hop = (100, 100) if n_windows == 4 else (400, 200)
+    model = musicrep.model.load(tiny_model_uri)
+    expected = bare_track_embedding(model, str(catalog / "a.flac"), window=window, hop=hop, max_windows=n_windows)
+    np.testing.assert_allclose(np.asarray(row["embedding"]), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_handler_batches_windows_across_tracks(tiny_model_uri, rng):
+    def track(track_id: str, n_frames: int, starts: list[int], length: int) -> TrackWindows:
+        return TrackWindows(track_id, track_id, "", n_frames / 100, "", rng.random((n_frames, 96), dtype=np.float32),
+                            np.array(starts), length)
+
+    tracks = [track("x", 700, [50, 250, 400], 300), track("short", 120, [0], 120), track("y", 400, [50, 100], 300)]
+    batches = list(iterate_batches(tracks, batch_size=4))
+    assert [(length, w.shape, owners) for length, w, owners in batches] == [
+        (300, (4, 96, 300), [(0, 0), (0, 1), (0, 2), (2, 0)]),
+        (300, (1, 96, 300), [(2, 1)]),
+        (120, (1, 96, 120), [(1, 0)]),
+    ]
+    handler = EmbeddingModelHandler(tiny_model_uri, batch_size=4)
+    loaded = handler.load_model()
+    results = list(handler.run_inference(tracks, loaded))
+    for track_windows, result in zip(tracks, results):
+        assert result.example is track_windows
+        starts, length = track_windows.starts, track_windows.window_frames
+        windows = np.stack([track_windows.log_mel[s : s + length].T for s in starts])
+        np.testing.assert_allclose(result.inference, np.asarray(loaded.model(windows, training=False)), atol=1e-5)
