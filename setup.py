@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "tensorflow==2.21.0",
     "numpy>=1.26,<3",
     "scipy>=1.11",
+    "threadpoolctl>=3.1",
     "pyarrow>=17",
     "av>=14",
     "soxr>=0.5",

@@ -18,8 +18,9 @@ from musicrep.errors import ConfigError
 from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
 
 # Frames are processed in blocks so a 60-minute track never holds a [frames, n_fft]
-# array: 2048 frames x 2048 float32 is 16 MiB of scratch.
-_BLOCK_FRAMES = 2048
+# array: 1024 frames x 2048 float32 is 8 MiB of scratch. Much smaller blocks lose to
+# BLAS thread start-up in the mel product.
+_BLOCK_FRAMES = 1024
 
 
 @functools.lru_cache(maxsize=8)
@@ -51,7 +52,7 @@ def power_spectrogram(
     waveform: np.ndarray, *, config: FeatureConfig = DEFAULT_FEATURE_CONFIG
 ) -> np.ndarray:
     """|STFT|² [frames, n_fft // 2 + 1] float32 of a mono waveform (centred frames)."""
-    return np.concatenate(list(_power_blocks(_check_waveform(waveform), config)), axis=0)
+    return np.concatenate([block.copy() for block in _power_blocks(_check_waveform(waveform), config)], axis=0)
 
 
 def log_mel(waveform: np.ndarray, *, config: FeatureConfig = DEFAULT_FEATURE_CONFIG) -> np.ndarray:
@@ -98,7 +99,8 @@ def _check_waveform(waveform: np.ndarray) -> np.ndarray:
 
 
 def _power_blocks(waveform: np.ndarray, config: FeatureConfig):
-    """Yields |STFT|² in blocks of frames; only the window's span of each frame is read."""
+    """Yields |STFT|² [frames, n_fft // 2 + 1] in blocks of frames; only the window's span
+    of each frame is read. The yielded array is reused by the next block."""
     win, hop, n_fft = config.win_samples, config.hop_samples, config.n_fft
     n_frames = config.n_frames(waveform.shape[0])
     # Frame t is centred on sample t·hop; its window covers [t·hop - win/2, t·hop + win/2)
@@ -109,11 +111,19 @@ def _power_blocks(waveform: np.ndarray, config: FeatureConfig):
     padded = _reflect_pad(waveform, pad_left, max(pad_right, 0))
     frames = np.lib.stride_tricks.sliding_window_view(padded, win)[::hop][:n_frames]
     window = _hann(win)
+    # The n_fft − win zero columns are written once; each block only refills the window's
+    # span. Power is squared in place on the spectrum's float32 view (re, im pairs).
+    frame_buffer = np.zeros((min(_BLOCK_FRAMES, n_frames), n_fft), np.float32)
+    power = np.empty((frame_buffer.shape[0], n_fft // 2 + 1), np.float32)
     for start in range(0, n_frames, _BLOCK_FRAMES):
-        block = frames[start : start + _BLOCK_FRAMES] * window
+        block = frames[start : start + _BLOCK_FRAMES]
+        rows = block.shape[0]
+        np.multiply(block, window, out=frame_buffer[:rows, :win])
         # scipy's pocketfft keeps float32 (complex64) and is ~5x numpy's rfft here.
-        spectrum = scipy.fft.rfft(block, n=n_fft, axis=-1)
-        yield (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+        parts = scipy.fft.rfft(frame_buffer[:rows], axis=-1).view(np.float32)
+        np.multiply(parts, parts, out=parts)
+        np.add(parts[:, 0::2], parts[:, 1::2], out=power[:rows])
+        yield power[:rows]
 
 
 def _reflect_pad(waveform: np.ndarray, left: int, right: int) -> np.ndarray:

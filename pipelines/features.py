@@ -161,8 +161,13 @@ class ComputeLogMel(beam.DoFn):
 
     def setup(self) -> None:
         # Import here: librosa (for the filterbank) loads once per worker, not in the launcher.
+        import threadpoolctl
+
         from musicrep import features
 
+        # Runners start one worker per core: BLAS threads on top only fight each other
+        # (the resampler's and mel products run 2-3x slower with them on a busy machine).
+        threadpoolctl.threadpool_limits(1, user_api="blas")
         self._features = features
         features.mel_filterbank(self._config)
         self._done = 0

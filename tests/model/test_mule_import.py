@@ -3,7 +3,8 @@
 The oracle (sxmp-mule 1.1.2, TensorFlow 2.13.1, GPL — run, never imported) builds its
 backbone exactly as the release was built, perturbs every weight (so gains, biases, skip
 gains and SE layers all matter and a swapped weight cannot hide behind its init value),
-saves it as a Keras 2.13 `.keras` file and embeds a few standardised log-mel windows.
+saves it as a Keras 2.13 `.keras` file (tests/mule_reference.py, cached per machine), loads
+that file back and embeds a few standardised log-mel windows.
 We import that file with our CLI and embed the raw windows (our model standardises).
 """
 import json
@@ -16,57 +17,14 @@ import pytest
 from musicrep.errors import ConfigError
 from musicrep.model import cli, load
 from musicrep.model.mule_import import _creation_index, _snake_case, import_mule
-from tests.oracle_env import run_oracle
-
-ORACLE_SCRIPT = r"""
-import sys
-import numpy as np
-import tensorflow as tf
-from mule.models.sfnfnetf0 import SfNfNetF0
-
-out_keras, in_npy, out_npy, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-tf.keras.utils.set_random_seed(seed)
-# SfNfNetF0 is a SCOOCH Configurable; set its parameters directly and build only the backbone
-# (no projector, no fc), as the released model.keras holds.
-builder = object.__new__(SfNfNetF0)
-builder._config_instances = {}
-builder._cfg = {"SfNfNetF0": {}}
-settings = dict(_alpha=0.2, _scaled_activation_type="gelu", _f_value=0, _projector_layers=[],
-                _include_fc=False, _projector_activation="relu",
-                _input_shapes=[[None, 96, 300, 1]], _output_shapes=[[None, 1728]])
-for key, value in settings.items():
-    setattr(builder, key, value)
-model = builder._make_model()
-rng = np.random.default_rng(seed)
-
-def perturb(variable, value):
-    variable.assign(np.asarray(value, dtype=np.float32))
-
-for layer in model.layers:
-    kind = type(layer).__name__
-    if kind == "WeightStandardization":
-        perturb(layer.v, layer.v.numpy() * (1 + 0.2 * rng.standard_normal(layer.v.shape)))
-        perturb(layer.gain, 1 + 0.2 * rng.standard_normal(layer.gain.shape))
-        perturb(layer.layer.bias, 0.1 * rng.standard_normal(layer.layer.bias.shape))
-    elif kind == "Dense":
-        perturb(layer.bias, 0.1 * rng.standard_normal(layer.bias.shape))
-    elif kind == "ScalarMultiply" and layer.trainable_weights:
-        perturb(layer.gain, rng.normal(0.0, 0.5))
-model.save(out_keras)
-x = np.load(in_npy).astype(np.float64)
-x = x - x.mean(axis=(1, 2), keepdims=True)
-x = x / np.maximum(x.std(axis=(1, 2), keepdims=True), 0.01)
-np.save(out_npy, model.predict(x[..., None].astype(np.float32), verbose=0))
-"""
+from mule_reference import reference_embeddings, reference_model_file
 
 
 @pytest.mark.slow
 def test_import_mule_matches_the_reference(tmp_path, rng):
     log_mel = np.log10(1 + 10_000 * rng.gamma(0.5, 0.01, size=(3, 96, 300))).astype("float32")
-    np.save(tmp_path / "log_mel.npy", log_mel)
-    reference_file = tmp_path / "model.keras"
-    run_oracle(ORACLE_SCRIPT, str(reference_file), str(tmp_path / "log_mel.npy"), str(tmp_path / "ref.npy"), "7")
-    reference = np.load(tmp_path / "ref.npy")
+    reference_file = reference_model_file(seed=7)
+    reference = reference_embeddings(reference_file, log_mel, tmp_path)
     assert reference.shape == (3, 1728) and reference.std() > 0.05  # the residual branches contribute
 
     export_uri = str(tmp_path / "export")

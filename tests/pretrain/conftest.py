@@ -58,17 +58,17 @@ def indexed():
 
 @pytest.fixture(scope="session")
 def learnable_catalog(tmp_path_factory) -> dict:
-    """12 tracks of 3 classes: each class brightens its own third of the mel bands, each
+    """48 tracks of 3 classes: each class brightens its own third of the mel bands, each
     track has its own band pattern on top, plus noise. Labels: the class and a shared tag."""
     rng = np.random.default_rng(7)
     directory = tmp_path_factory.mktemp("learnable")
     tracks, rows = [], []
-    for i in range(12):
+    for i in range(48):
         cls = i % 3
         profile = np.zeros(96, np.float32)
-        profile[cls * 32 : (cls + 1) * 32] = 2.0
-        profile += rng.random(96, dtype=np.float32)
-        frames = int(rng.integers(400, 700))
+        profile[cls * 32 : (cls + 1) * 32] = 1.5
+        profile += 2.0 * rng.random(96, dtype=np.float32)
+        frames = int(rng.integers(350, 600))
         log_mel = profile[None, :] + 0.3 * rng.standard_normal((frames, 96)).astype(np.float32)
         tracks.append((f"track{i:02d}", np.abs(log_mel)))
         rows.append(f"track{i:02d},{'abc'[cls]}|music\n")

@@ -1,0 +1,137 @@
+"""Tiny SimCLR and supervised runs on synthetic shards: the loss falls, resume is exact."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from musicrep.errors import ConfigError  # noqa: E402
+from musicrep.model import load, read_metadata  # noqa: E402
+from musicrep.model.pretrain import run as pretrain_run  # noqa: E402
+from musicrep.model.training import NonFiniteLossError, TrainConfig, train  # noqa: E402
+
+STEPS = 24
+
+
+def tiny_config(catalog, output_dir, **overrides) -> TrainConfig:
+    settings = dict(
+        objective="simclr",
+        features=catalog["pattern"],
+        output_dir=str(output_dir),
+        model_config="tiny",
+        batch_size=8,
+        steps=STEPS,
+        warmup_steps=3,
+        peak_lr=2e-3,
+        log_every=1,
+        checkpoint_every=8,
+        shuffle_buffer=32,
+        cycle_length=2,
+        seed=5,
+        deterministic=True,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def read_metrics(output_dir) -> list[dict]:
+    with open(os.path.join(output_dir, "metrics.jsonl")) as handle:
+        return [json.loads(line) for line in handle]
+
+
+def falls(metrics: list[dict], k: int = 6) -> tuple[float, float]:
+    losses = [record["loss"] for record in metrics]
+    return float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
+
+
+def final_weights(output_dir) -> list[np.ndarray]:
+    return load(os.path.join(output_dir, "export")).get_weights()
+
+
+@pytest.fixture(scope="module")
+def simclr_run(learnable_catalog, tmp_path_factory):
+    config = tiny_config(learnable_catalog, tmp_path_factory.mktemp("simclr") / "run")
+    return config, train(config, progress=False)
+
+
+def test_simclr_loss_falls_and_the_run_directory_is_complete(simclr_run):
+    config, result = simclr_run
+    assert result.step == STEPS and result.resumed_from == 0
+    metrics = read_metrics(config.output_dir)
+    assert [r["step"] for r in metrics] == list(range(1, STEPS + 1))
+    assert {"step", "loss", "lr", "examples_per_s", "grad_norm", "tracks_read", "tracks_short"} <= set(metrics[0])
+    first, last = falls(metrics)
+    assert last < first - 0.3, (first, last)  # NT-Xent of 8 pairs starts near 2·ln 15 ≈ 5.4
+    assert metrics[0]["lr"] == 0.0 and metrics[3]["lr"] == pytest.approx(2e-3)
+    assert TrainConfig.load(config.output_dir) == config
+    assert read_metadata(os.path.join(config.output_dir, "export")).config["name"] == "tiny"
+    assert os.listdir(os.path.join(config.output_dir, "tensorboard"))
+
+
+def test_resume_after_an_interruption_gives_the_same_weights(simclr_run, tmp_path):
+    config, _ = simclr_run
+    interrupted = tiny_config({"pattern": config.features}, tmp_path / "run")
+    # Dies after step 13: the checkpoint of step 8 survives, steps 9–13 are lost.
+    stopped = train(interrupted, progress=False, stop_at_step=13)
+    assert stopped.step == 13 and stopped.export_dir is None
+    assert pretrain_run(["simclr", "--resume", "--output", interrupted.output_dir, "--no-progress"]) == 0
+    metrics = read_metrics(interrupted.output_dir)
+    assert [r["step"] for r in metrics] == list(range(1, STEPS + 1))
+    reference = read_metrics(config.output_dir)
+    assert [r["loss"] for r in metrics] == [r["loss"] for r in reference]
+    assert [r["lr"] for r in metrics] == [r["lr"] for r in reference]
+    for ours, theirs in zip(final_weights(interrupted.output_dir), final_weights(config.output_dir)):
+        np.testing.assert_array_equal(ours, theirs)
+    # Another config in the same directory is refused.
+    with pytest.raises(ConfigError, match="another config"):
+        train(tiny_config({"pattern": config.features}, tmp_path / "run", peak_lr=1e-3), progress=False)
+
+
+def test_supervised_loss_falls(learnable_catalog, tmp_path):
+    config = tiny_config(
+        learnable_catalog, tmp_path / "run", objective="supervised", labels=learnable_catalog["labels"],
+        steps=20, checkpoint_every=100,
+    )
+    result = train(config, progress=False)
+    metrics = read_metrics(config.output_dir)
+    first, last = falls(metrics, k=5)
+    assert last < first - 0.1, (first, last)  # BCE over 4 labels starts near ln 2 ≈ 0.69
+    with open(os.path.join(config.output_dir, "labels.json")) as handle:
+        assert json.load(handle)["vocabulary"] == ["a", "b", "c", "music"]
+    assert result.export_dir and load(result.export_dir).output_shape == (None, 224)
+
+
+def test_non_finite_loss_raises_with_the_step(tmp_path, shard_writer):
+    tracks = [(f"n{i}", np.full((320, 96), np.nan, np.float32)) for i in range(2)]
+    pattern = shard_writer(str(tmp_path / "shards"), tracks)
+    config = tiny_config({"pattern": pattern}, tmp_path / "run", batch_size=2, steps=3, mixup=False)
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 1"):
+        train(config, progress=False)
+
+
+def test_cli_refuses_bad_invocations(tmp_path, capsys):
+    assert pretrain_run(["supervised", "--features", "x*", "--output", str(tmp_path / "a")]) == 2
+    assert "needs labels" in capsys.readouterr().err
+    assert pretrain_run(["simclr", "--resume", "--output", str(tmp_path / "b")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pretrain_run(["simclr", "--positive-max-distance-s", "soon", "--output", "c"])
+
+
+def test_cli_builds_the_config(tmp_path):
+    from musicrep.model.pretrain import build_parser, config_from_args
+
+    args = build_parser().parse_args(
+        ["simclr", "--features", "f*", "--output", str(tmp_path), "--config", "tiny",
+         "--positive-max-distance-s", "clip", "--no-mixup", "--batch-size", "16"]
+    )
+    config = config_from_args(args)
+    assert config.positive_max_distance_s is None and not config.mixup and config.global_batch_size == 16
+    assert TrainConfig.from_json(config.to_json()) == config
+    paper = TrainConfig(objective="supervised", features="f", output_dir="o", labels="l.csv")
+    assert (paper.global_batch_size, paper.steps, paper.warmup_steps, paper.peak_lr) == (512, 200_000, 5_000, 2e-4)
+    assert paper.projector_widths == (4096, 4096, 4096) and paper.decay_steps == 195_000
