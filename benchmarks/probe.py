@@ -45,17 +45,20 @@ def run(argv: list[str] | None = None) -> int:
     keras.utils.set_random_seed(0)
     model = build_probe(input_dim=args.dim, n_outputs=N_TAGS, hidden_units=preset.hidden_units,
                         dropout=preset.dropout, l2=1e-6)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     summary = fit_probe(model, x, y, task=preset.task,
                         hyper=HyperParameters(learning_rate=1e-4, steps=args.steps, l2=1e-6),
                         batch_size=preset.batch_size,
                         warmup_steps=min(preset.warmup_steps, args.steps // 2), seed=0)
     seconds = time.perf_counter() - started
+    # CPU seconds of all threads: with other jobs on the machine, wall time alone misleads.
+    cpu_seconds = time.process_time() - cpu_started
     devices = [device.device_type for device in tf.config.list_logical_devices()]
     print(json.dumps({
         "benchmark": "probe_fit", "preset": preset.name, "layers": preset.layers_label,
         "dropout": preset.dropout, "batch_size": summary.batch_size, "steps": summary.steps,
         "tracks": args.tracks, "dim": args.dim, "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
         "ms_per_step": round(1000 * seconds / summary.steps, 2),
         "examples_per_s": round(summary.steps * summary.batch_size / seconds),
         "final_loss": round(summary.final_loss, 4), "target_seconds": TARGET_SECONDS,

@@ -368,7 +368,17 @@ class _Run:
 
     # -- checkpoints
     def checkpoint(self, iterator: Any | None) -> tf.train.Checkpoint:
-        items = {"backbone": self.backbone, "projector": self.projector, "optimizer": self.optimizer}
+        # Stochastic depth's seed-generator states are variables outside `weights`, and a
+        # Keras model does not expose them to tf.train: save them by position.
+        seeds = [
+            v for v in self.backbone.variables + self.projector.variables if v.path.endswith("seed_generator_state")
+        ]
+        items = {
+            "backbone": self.backbone,
+            "projector": self.projector,
+            "optimizer": self.optimizer,
+            "rng": tf.train.Checkpoint(**{f"state{i}": v for i, v in enumerate(seeds)}),
+        }
         if iterator is not None:
             items["data"] = iterator
         return tf.train.Checkpoint(**items)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import time
 from typing import Iterator
@@ -34,16 +33,16 @@ from musicrep.features.config import FeatureConfig
 from musicrep.features.shards import FeatureRecord, parse_record
 from musicrep.features.windows import window_starts
 from musicrep.pipelines import schema
-from musicrep.pipelines.features import (
-    SHARD_TEMPLATE,
-    ExtractLogMel,
-    ListTracks,
-    RemoveStaleOutputs,
-    check_source,
-    error_record,
-)
+from musicrep.pipelines.features import ExtractLogMel, ListTracks, check_source
 from musicrep.pipelines.inference import EmbeddingModelHandler, TrackWindows
 from musicrep.pipelines.options import METRICS_NAMESPACE, counter_values, make_pipeline_options
+from musicrep.pipelines.outputs import (
+    ERRORS_PREFIX,
+    SHARD_TEMPLATE,
+    ReplaceStaleOutputs,
+    WriteDeadLetters,
+    error_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -301,43 +300,28 @@ def build_pipeline(
 
     size = metadata.embedding_size
     written = [
-        rows
-        | "WriteEmbeddings" >> beam.io.WriteToParquet(
-            FileSystems.join(output_dir, schema.EMBEDDINGS_PREFIX),
-            schema.embedding_schema(size),
-            row_group_buffer_size=schema.row_group_bytes(size),
-            file_name_suffix=".parquet",
-            num_shards=num_shards,
-            shard_name_template=SHARD_TEMPLATE,
-        ),
-        (input_errors, embedded["errors"])
-        | "AllErrors" >> beam.Flatten()
-        | "ErrorsToJson" >> beam.Map(lambda record: json.dumps(record, ensure_ascii=False, sort_keys=True))
-        | "WriteErrors" >> beam.io.WriteToText(
-            FileSystems.join(output_dir, schema.ERRORS_PREFIX),
-            file_name_suffix=".jsonl",
-            num_shards=1,
-            shard_name_template=SHARD_TEMPLATE,
-        ),
+        rows | "WriteEmbeddings" >> _write_parquet(output_dir, schema.EMBEDDINGS_PREFIX, schema.embedding_schema(size), num_shards),
+        (input_errors, embedded["errors"]) | "AllErrors" >> beam.Flatten() | "WriteErrors" >> WriteDeadLetters(output_dir),
     ]
-    prefixes = [schema.EMBEDDINGS_PREFIX, schema.ERRORS_PREFIX]
+    prefixes = [schema.EMBEDDINGS_PREFIX, ERRORS_PREFIX]
     if embed_options.get("per_window"):
         prefixes.append(schema.WINDOWS_PREFIX)
         written.append(
             embedded["windows"]
-            | "WriteWindows" >> beam.io.WriteToParquet(
-                FileSystems.join(output_dir, schema.WINDOWS_PREFIX),
-                schema.window_schema(size),
-                row_group_buffer_size=schema.row_group_bytes(size),
-                file_name_suffix=".parquet",
-                shard_name_template=SHARD_TEMPLATE,
-            )
+            | "WriteWindows" >> _write_parquet(output_dir, schema.WINDOWS_PREFIX, schema.window_schema(size), 0)
         )
-    _ = (
-        written
-        | "WrittenFiles" >> beam.Flatten()
-        | "CollectWritten" >> beam.combiners.ToList()
-        | "RemoveStaleOutputs" >> beam.ParDo(RemoveStaleOutputs(output_dir, tuple(prefixes)))
+    _ = tuple(written) | "ReplaceStaleOutputs" >> ReplaceStaleOutputs(output_dir, tuple(prefixes))
+
+
+def _write_parquet(output_dir: str, prefix: str, arrow_schema, num_shards: int) -> beam.PTransform:
+    embedding_size = arrow_schema.field("embedding").type.list_size
+    return beam.io.WriteToParquet(
+        FileSystems.join(output_dir, prefix),
+        arrow_schema,
+        row_group_buffer_size=schema.row_group_bytes(embedding_size),
+        file_name_suffix=".parquet",
+        num_shards=num_shards,
+        shard_name_template=SHARD_TEMPLATE,
     )
 
 
@@ -434,6 +418,6 @@ def summary(counters: dict[str, int], *, output_dir: str, elapsed_s: float) -> s
             f"  embeddings: {FileSystems.join(output_dir, schema.EMBEDDINGS_PREFIX)}-*-of-*.parquet "
             "(one row per track: track_id, uri, content_sha256, duration_s, n_windows, window_s, hop_s, "
             "embedding, model_id, feature_config_sha256, created_at)",
-            f"  errors: {FileSystems.join(output_dir, schema.ERRORS_PREFIX)}-*-of-*.jsonl",
+            f"  errors: {FileSystems.join(output_dir, ERRORS_PREFIX)}-*-of-*.jsonl",
         ]
     )

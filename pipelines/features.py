@@ -13,7 +13,6 @@ import argparse
 import csv
 import glob
 import hashlib
-import json
 import logging
 import os
 import re
@@ -29,12 +28,17 @@ from musicrep.errors import ConfigError
 from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
 from musicrep.features.shards import FeatureRecord, serialize_record
 from musicrep.pipelines.options import METRICS_NAMESPACE, counter_values, make_pipeline_options
+from musicrep.pipelines.outputs import (
+    ERRORS_PREFIX,
+    SHARD_TEMPLATE,
+    ReplaceStaleOutputs,
+    WriteDeadLetters,
+    error_record,
+)
 
 logger = logging.getLogger(__name__)
 
 SHARD_PREFIX = "features"
-ERRORS_PREFIX = "errors"
-SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _HASH_CHUNK_BYTES = 8 << 20
 _PROGRESS_EVERY_S = 10.0
@@ -56,15 +60,6 @@ def track_id_for(path: str, prefix: str) -> str:
     relative = path[len(prefix) :] if path.startswith(prefix) else path.rsplit("/", 1)[-1]
     stem, dot, extension = relative.rpartition(".")
     return stem if dot and "/" not in extension else relative
-
-
-def error_record(*, track_id: str, uri: str, stage: str, error: BaseException | str) -> dict:
-    """A dead-letter line: which input, which stage, and why."""
-    if isinstance(error, BaseException):
-        error_type, message = type(error).__name__, str(error) or repr(error)
-    else:
-        error_type, message = error, error
-    return {"uri": uri, "track_id": track_id, "stage": stage, "error_type": error_type, "message": message}
 
 
 class ListTracks(beam.PTransform):
@@ -256,28 +251,6 @@ class ExtractLogMel(beam.PTransform):
         return {"features": computed.features, "errors": errors, "skipped": computed.skipped}
 
 
-class RemoveStaleOutputs(beam.DoFn):
-    """After the writes, deletes earlier runs' shards that this run did not rewrite, so an
-    output directory never mixes two runs (shard counts may differ between runs)."""
-
-    def __init__(self, output_dir: str, prefixes: tuple[str, ...]):
-        self._output_dir = output_dir
-        self._prefixes = prefixes
-
-    def process(self, written: list[str]) -> Iterator[str]:
-        keep = {FileSystems.split(path)[1] for path in written}
-        patterns = [FileSystems.join(self._output_dir, f"{prefix}-*-of-*") for prefix in self._prefixes]
-        stale = [
-            metadata.path
-            for match in FileSystems.match(patterns)
-            for metadata in match.metadata_list
-            if FileSystems.split(metadata.path)[1] not in keep
-        ]
-        if stale:
-            FileSystems.delete(stale)
-        yield from stale
-
-
 def build_pipeline(
     pipeline: beam.Pipeline,
     *,
@@ -300,22 +273,8 @@ def build_pipeline(
         compression_type=CompressionTypes.GZIP,
         )
     )
-    errors = (
-        results["errors"]
-        | "ErrorsToJson" >> beam.Map(lambda record: json.dumps(record, ensure_ascii=False, sort_keys=True))
-        | "WriteErrors" >> beam.io.WriteToText(
-            FileSystems.join(output_dir, ERRORS_PREFIX),
-            file_name_suffix=".jsonl",
-            num_shards=1,
-            shard_name_template=SHARD_TEMPLATE,
-        )
-    )
-    _ = (
-        (shards, errors)
-        | "WrittenFiles" >> beam.Flatten()
-        | "CollectWritten" >> beam.combiners.ToList()
-        | "RemoveStaleOutputs" >> beam.ParDo(RemoveStaleOutputs(output_dir, (SHARD_PREFIX, ERRORS_PREFIX)))
-    )
+    errors = results["errors"] | "WriteErrors" >> WriteDeadLetters(output_dir)
+    _ = (shards, errors) | "ReplaceStaleOutputs" >> ReplaceStaleOutputs(output_dir, (SHARD_PREFIX, ERRORS_PREFIX))
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:

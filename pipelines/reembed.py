@@ -33,6 +33,7 @@ from musicrep.errors import ConfigError
 from musicrep.pipelines import embed, schema
 from musicrep.pipelines.features import check_source
 from musicrep.pipelines.options import counter_values, make_pipeline_options
+from musicrep.pipelines.outputs import ERRORS_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +56,10 @@ def _count_rows(paths: list[str]) -> int:
 
 def _replace_current(store: str, staging: str) -> None:
     current = FileSystems.join(store, CURRENT)
-    old = _files(current, schema.EMBEDDINGS_PREFIX) + _files(current, schema.ERRORS_PREFIX)
+    old = _files(current, schema.EMBEDDINGS_PREFIX) + _files(current, ERRORS_PREFIX)
     if old:
         FileSystems.delete(old)
-    new = _files(staging, schema.EMBEDDINGS_PREFIX) + _files(staging, schema.ERRORS_PREFIX)
+    new = _files(staging, schema.EMBEDDINGS_PREFIX) + _files(staging, ERRORS_PREFIX)
     if not FileSystems.exists(current):
         FileSystems.mkdirs(current)  # local disks; object stores have no directories
     FileSystems.rename(new, [FileSystems.join(current, FileSystems.split(path)[1]) for path in new])
@@ -171,7 +172,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def _error_lines(directory: str) -> list[str]:
     lines = []
-    for path in _files(directory, schema.ERRORS_PREFIX):
+    for path in _files(directory, ERRORS_PREFIX):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             lines += [line for line in handle.read().decode().splitlines() if line.strip()]
     return lines

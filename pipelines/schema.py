@@ -11,7 +11,6 @@ import pyarrow as pa
 SCHEMA_VERSION = "musicrep-embeddings-1"
 EMBEDDINGS_PREFIX = "embeddings"
 WINDOWS_PREFIX = "windows"
-ERRORS_PREFIX = "errors"
 # Row groups of about this many rows: large enough for fast scans in DuckDB/BigQuery,
 # small enough that pandas can read one group at a time.
 ROWS_PER_ROW_GROUP = 10_000

@@ -1,7 +1,8 @@
 """The probe network and its training loop (Keras 3 on TensorFlow).
 
 `build_probe` makes the MLP of a preset; `fit_probe` trains it for an exact number of
-steps with Adam and a warm-up + cosine schedule. Training runs many steps inside one
+steps with Adam (`adam.FusedAdam`, Keras's update in one fused kernel) and a warm-up +
+cosine schedule. Training runs many steps inside one
 compiled `tf.function` (batches gathered from in-memory tensors), so the cost per step
 is the matrix work, not Python.
 """
@@ -17,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from musicrep.errors import ConfigError, MusicrepError
+from musicrep.probes.adam import FusedAdam
 from musicrep.probes.presets import HyperParameters
 
 logger = logging.getLogger(__name__)
@@ -124,11 +126,10 @@ def fit_probe(model: keras.Model, x: tf.Tensor, y: tf.Tensor, *, task: str,
     batch_size = min(batch_size, n_tracks)
     schedule = learning_rate_schedule(learning_rate=hyper.learning_rate, steps=hyper.steps,
                                       warmup_steps=warmup_steps)
-    optimizer = keras.optimizers.Adam(learning_rate=schedule, beta_1=ADAM_BETA_1,
-                                      beta_2=ADAM_BETA_2, epsilon=ADAM_EPSILON)
-    optimizer.build(model.trainable_variables)
-    loss_fn = _loss(task)
     variables = model.trainable_variables
+    optimizer = FusedAdam(variables, schedule=schedule, beta_1=ADAM_BETA_1,
+                          beta_2=ADAM_BETA_2, epsilon=ADAM_EPSILON)
+    loss_fn = _loss(task)
 
     @tf.function(input_signature=[tf.TensorSpec([None, batch_size], tf.int32)])
     def train_steps(indices: tf.Tensor) -> tf.Tensor:
@@ -138,7 +139,7 @@ def fit_probe(model: keras.Model, x: tf.Tensor, y: tf.Tensor, *, task: str,
             with tf.GradientTape() as tape:
                 loss = loss_fn(tf.gather(y, batch), model(tf.gather(x, batch), training=True))
                 objective = loss + tf.add_n(model.losses) if model.losses else loss
-            optimizer.apply_gradients(zip(tape.gradient(objective, variables), variables))
+            optimizer.apply(tape.gradient(objective, variables))
             total += loss
         return total / tf.cast(tf.shape(indices)[0], tf.float32)
 

@@ -7,7 +7,6 @@ import os
 import shutil
 
 import duckdb
-import keras
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -16,7 +15,6 @@ import pytest
 import musicrep.model
 from audio_files import tone, write_audio
 from musicrep.features import decode, log_mel
-from musicrep.model import SF_NFNET_VARIANTS
 from musicrep.pipelines import embed as embed_job
 from musicrep.pipelines import features as features_job
 from musicrep.pipelines import schema
@@ -25,15 +23,6 @@ from musicrep.pipelines.inference import EmbeddingModelHandler, TrackWindows, it
 IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
 TWO_PROCESSES = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
 DURATIONS_S = {"a": 6.0, "b": 3.0, "sub/c": 9.5, "d": 1.2}
-
-
-@pytest.fixture(scope="module")
-def tiny_model_uri(tmp_path_factory) -> str:
-    keras.utils.set_random_seed(7)
-    uri = str(tmp_path_factory.mktemp("model") / "tiny")
-    config = SF_NFNET_VARIANTS["tiny"]
-    musicrep.model.save(musicrep.model.build_sf_nfnet(config), uri, config=config, source="test")
-    return uri
 
 
 @pytest.fixture(scope="module")

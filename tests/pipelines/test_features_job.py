@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from audio_files import tone, write_audio
@@ -169,7 +169,7 @@ def test_read_shards_parses_float16_shards(good_catalog, tmp_path):
 def test_extract_log_mel_transform_in_a_test_pipeline(good_catalog):
     wav = str(good_catalog / "a.wav")
     missing = str(good_catalog / "nope.wav")
-    with TestPipeline() as pipeline:
+    with BeamTestPipeline() as pipeline:
         results = (
             pipeline
             | beam.Create([("a", wav), ("gone", missing)])

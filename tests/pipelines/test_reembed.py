@@ -6,13 +6,9 @@ import hashlib
 import os
 import shutil
 
-import keras
 import pandas as pd
-import pytest
 
-import musicrep.model
 from audio_files import tone, write_audio
-from musicrep.model import SF_NFNET_VARIANTS
 from musicrep.pipelines import reembed
 
 IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
@@ -28,21 +24,12 @@ def current_rows(store: str) -> pd.DataFrame:
     return pd.concat(pd.read_parquet(f) for f in files).set_index("track_id").sort_index()
 
 
-@pytest.fixture(scope="module")
-def model_uri(tmp_path_factory) -> str:
-    keras.utils.set_random_seed(3)
-    uri = str(tmp_path_factory.mktemp("model") / "tiny")
-    config = SF_NFNET_VARIANTS["tiny"]
-    musicrep.model.save(musicrep.model.build_sf_nfnet(config), uri, config=config, source="test")
-    return uri
-
-
-def test_second_run_computes_nothing_and_a_change_recomputes_one_track(tmp_path, model_uri, capsys):
+def test_second_run_computes_nothing_and_a_change_recomputes_one_track(tmp_path, tiny_model_uri, capsys):
     catalog, store = tmp_path / "catalog", str(tmp_path / "store")
     catalog.mkdir()
     for i, freq in enumerate((220.0, 330.0, 440.0)):
         write_audio(str(catalog / f"t{i}.flac"), tone(freq, 5.0, 44100), 44100)
-    args = ["--catalog", f"{catalog}/*.flac", "--model", model_uri, "--store", store, *IN_MEMORY]
+    args = ["--catalog", f"{catalog}/*.flac", "--model", tiny_model_uri, "--store", store, *IN_MEMORY]
 
     reembed.run(args)
     first = store_digest(store)

@@ -14,7 +14,7 @@ from musicrep.model import load, read_metadata  # noqa: E402
 from musicrep.model.pretrain import run as pretrain_run  # noqa: E402
 from musicrep.model.training import NonFiniteLossError, TrainConfig, train  # noqa: E402
 
-STEPS = 24
+STEPS = 18
 
 
 def tiny_config(catalog, output_dir, **overrides) -> TrainConfig:
@@ -26,9 +26,10 @@ def tiny_config(catalog, output_dir, **overrides) -> TrainConfig:
         batch_size=8,
         steps=STEPS,
         warmup_steps=3,
-        peak_lr=2e-3,
+        peak_lr=3e-3,
         log_every=1,
-        checkpoint_every=8,
+        checkpoint_every=6,
+        mixup=False,  # SimCLR with mixup learns too slowly for a unit test; supervised keeps it
         shuffle_buffer=32,
         cycle_length=2,
         seed=5,
@@ -65,8 +66,8 @@ def test_simclr_loss_falls_and_the_run_directory_is_complete(simclr_run):
     assert [r["step"] for r in metrics] == list(range(1, STEPS + 1))
     assert {"step", "loss", "lr", "examples_per_s", "grad_norm", "tracks_read", "tracks_short"} <= set(metrics[0])
     first, last = falls(metrics)
-    assert last < first - 0.3, (first, last)  # NT-Xent of 8 pairs starts near 2·ln 15 ≈ 5.4
-    assert metrics[0]["lr"] == 0.0 and metrics[3]["lr"] == pytest.approx(2e-3)
+    assert last < first - 0.8, (first, last)  # NT-Xent of 8 pairs starts near 2·ln 15 ≈ 5.4
+    assert metrics[0]["lr"] == 0.0 and metrics[3]["lr"] == pytest.approx(3e-3)
     assert TrainConfig.load(config.output_dir) == config
     assert read_metadata(os.path.join(config.output_dir, "export")).config["name"] == "tiny"
     assert os.listdir(os.path.join(config.output_dir, "tensorboard"))
@@ -75,9 +76,9 @@ def test_simclr_loss_falls_and_the_run_directory_is_complete(simclr_run):
 def test_resume_after_an_interruption_gives_the_same_weights(simclr_run, tmp_path):
     config, _ = simclr_run
     interrupted = tiny_config({"pattern": config.features}, tmp_path / "run")
-    # Dies after step 13: the checkpoint of step 8 survives, steps 9–13 are lost.
-    stopped = train(interrupted, progress=False, stop_at_step=13)
-    assert stopped.step == 13 and stopped.export_dir is None
+    # Dies after step 10: the checkpoint of step 6 survives, steps 7–10 are lost.
+    stopped = train(interrupted, progress=False, stop_at_step=10)
+    assert stopped.step == 10 and stopped.export_dir is None
     assert pretrain_run(["simclr", "--resume", "--output", interrupted.output_dir, "--no-progress"]) == 0
     metrics = read_metrics(interrupted.output_dir)
     assert [r["step"] for r in metrics] == list(range(1, STEPS + 1))
@@ -88,13 +89,13 @@ def test_resume_after_an_interruption_gives_the_same_weights(simclr_run, tmp_pat
         np.testing.assert_array_equal(ours, theirs)
     # Another config in the same directory is refused.
     with pytest.raises(ConfigError, match="another config"):
-        train(tiny_config({"pattern": config.features}, tmp_path / "run", peak_lr=1e-3), progress=False)
+        train(tiny_config({"pattern": config.features}, tmp_path / "run", peak_lr=1e-4), progress=False)
 
 
 def test_supervised_loss_falls(learnable_catalog, tmp_path):
     config = tiny_config(
         learnable_catalog, tmp_path / "run", objective="supervised", labels=learnable_catalog["labels"],
-        steps=20, checkpoint_every=100,
+        steps=16, checkpoint_every=100, peak_lr=1e-3, mixup=True,
     )
     result = train(config, progress=False)
     metrics = read_metrics(config.output_dir)
@@ -105,10 +106,14 @@ def test_supervised_loss_falls(learnable_catalog, tmp_path):
     assert result.export_dir and load(result.export_dir).output_shape == (None, 224)
 
 
-def test_non_finite_loss_raises_with_the_step(tmp_path, shard_writer):
-    tracks = [(f"n{i}", np.full((320, 96), np.nan, np.float32)) for i in range(2)]
-    pattern = shard_writer(str(tmp_path / "shards"), tracks)
-    config = tiny_config({"pattern": pattern}, tmp_path / "run", batch_size=2, steps=3, mixup=False)
+def test_non_finite_loss_raises_with_the_step(learnable_catalog, tmp_path, monkeypatch):
+    from musicrep.model import losses
+
+    # NaN inputs would not do: ReLU maps NaN to 0 in TensorFlow. Poison the loss instead.
+    monkeypatch.setattr(
+        losses, "nt_xent_per_example", lambda h_a, h_b, temperature: tf.reduce_sum(h_a, axis=1) * float("nan")
+    )
+    config = tiny_config(learnable_catalog, tmp_path / "run", batch_size=2, steps=3, warmup_steps=1)
     with pytest.raises(NonFiniteLossError, match="loss is nan at step 1"):
         train(config, progress=False)
 

@@ -1,0 +1,99 @@
+"""Embed job throughput against bare model forwards, printed as one JSON object.
+
+    python benchmarks/embed.py [--config F0|tiny] [--tracks 8] [--duration-s 60] [--batch-size 32]
+
+Same run, same windows, same batch size: (1) a bare loop of model forwards over every
+track's windows in this process; (2) the embed job over the feature shards on the
+embedded runner (one worker per core). Target: job windows/s ≥ 0.9 × bare windows/s.
+The job's time includes worker start-up and model loading in each worker; peak RSS per
+worker is the largest resident size of any worker process (they are children of this one).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import musicrep.model
+from musicrep.features.shards import parse_record
+from musicrep.features.windows import cut_windows, window_starts
+from musicrep.pipelines import embed as embed_job
+from musicrep.pipelines import features as features_job
+from musicrep.pipelines.inference import EmbeddingModelHandler
+from musicrep.synth_catalog import write_synth_catalog
+
+
+def bare_forwards(shards: str, model_uri: str, batch_size: int) -> tuple[int, float]:
+    """Windows embedded and seconds taken by plain batched model calls."""
+    loaded = EmbeddingModelHandler(model_uri, batch_size=batch_size).load_model()
+    min_frames = musicrep.model.read_metadata(model_uri).min_frames
+    windows = []
+    for path in sorted(glob.glob(shards)):
+        for serialized in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+            record = parse_record(serialized.numpy())
+            starts, length = window_starts(record.n_frames, window_frames=300, hop_frames=200, min_frames=min_frames)
+            windows.append(cut_windows(record.log_mel, starts, length))
+    everything = np.concatenate(windows)
+    loaded.embed(everything[:batch_size], batch_size)  # trace outside the timing
+    started = time.perf_counter()
+    for begin in range(0, everything.shape[0], batch_size):
+        loaded.embed(everything[begin : begin + batch_size], batch_size)
+    return everything.shape[0], time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="F0", choices=("F0", "tiny"))
+    parser.add_argument("--tracks", type=int, default=8)
+    parser.add_argument("--duration-s", type=float, default=60.0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args, beam_args = parser.parse_known_args()
+    with tempfile.TemporaryDirectory(prefix="musicrep-bench-") as tmp:
+        catalog, shards_dir = os.path.join(tmp, "catalog"), os.path.join(tmp, "features")
+        write_synth_catalog(catalog, n_tracks=args.tracks, duration_s=args.duration_s)
+        # In-process, so that the only child processes (for peak RSS) are the embed workers.
+        features_job.run(
+            ["--input", f"{catalog}/track_*", "--output", shards_dir, "--dtype", "float32",
+             "--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
+        )
+        model_uri = os.path.join(tmp, "model")
+        keras.utils.set_random_seed(0)
+        config = musicrep.model.SF_NFNET_VARIANTS[args.config]
+        musicrep.model.save(musicrep.model.build_sf_nfnet(config), model_uri, config=config, source="benchmark")
+        shards = f"{shards_dir}/features-*.tfrecord.gz"
+
+        n_windows, bare_s = bare_forwards(shards, model_uri, args.batch_size)
+        started = time.perf_counter()
+        embed_job.run(
+            ["--features", shards, "--model", model_uri, "--output", os.path.join(tmp, "emb"),
+             "--batch-size", str(args.batch_size), *beam_args]
+        )
+        job_s = time.perf_counter() - started
+    result = {
+        "benchmark": "embed",
+        "config": args.config,
+        "device": "gpu" if tf.config.list_physical_devices("GPU") else "cpu",
+        "cpu_count": os.cpu_count(),
+        "batch_size": args.batch_size,
+        "tracks": args.tracks,
+        "windows": n_windows,
+        "bare_windows_per_s": round(n_windows / bare_s, 2),
+        "job_windows_per_s": round(n_windows / job_s, 2),
+        "job_vs_bare": round(bare_s / job_s, 2),
+        "target_job_vs_bare": 0.9,
+        "peak_rss_per_worker_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        "peak_rss_launcher_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
