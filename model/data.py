@@ -8,12 +8,16 @@ pipeline streams instead of seeking, and never holds the catalog in memory:
 
 1. Every pass reads all shards once, in a fresh seeded random order, interleaving
    `cycle_length` shards record by record.
-2. Each track is drawn k times in that pass, k ~ Poisson(1) independently per track and
-   pass ("Poisson bootstrap"): the streaming limit of n draws with replacement from n
-   tracks (Binomial(n, 1/n) → Poisson(1)). Every usable track therefore has the same
-   expected number of draws per pass, a track may be drawn several times or not at all,
-   and over P passes its count is Poisson(P) — the counts of uniform sampling with
-   replacement, not the equal counts of epochs.
+2. Each track is drawn k times in that pass, k ~ Poisson(λ) independently per track and
+   pass ("Poisson bootstrap"; λ = `draws_per_track`, 1 by default): for λ = 1 the
+   streaming limit of n draws with replacement from n tracks (Binomial(n, 1/n) →
+   Poisson(1)). Every usable track has the same expected number of draws per pass, a
+   track may be drawn several times or not at all, and over P passes its count is
+   Poisson(λP) — the counts of uniform sampling with replacement, not the equal counts of
+   epochs. Reading a record (decompressing a whole track) costs far more than cutting a
+   snippet, so λ > 1 multiplies the pipeline's throughput on long tracks, at the price of
+   more draws of one track close together in the stream (the shuffle buffer should then
+   hold several batches).
 3. Each draw gets its own uniformly random snippet start in [0, n_frames − 300]; tracks
    shorter than one snippet are never drawn (no padding) and are counted.
 4. Draws pass through a shuffle buffer (`shuffle_buffer` snippets) before batching, so a
@@ -186,6 +190,7 @@ class SamplerConfig:
       pipeline_id: index of this input pipeline (one per worker) so workers draw differently.
       mixup: apply mixup to each batch (and its labels).
       mixup_alpha, mixup_beta: the Beta distribution of the gains.
+      draws_per_track: λ, the expected draws of each track per pass (see the module doc).
     """
 
     batch_size: int
@@ -199,8 +204,11 @@ class SamplerConfig:
     mixup: bool = False
     mixup_alpha: float = MIXUP_ALPHA
     mixup_beta: float = MIXUP_BETA
+    draws_per_track: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.draws_per_track > 0:
+            raise ConfigError(f"draws_per_track must be > 0, got {self.draws_per_track}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
         if self.snippet_frames < 1:
@@ -221,7 +229,7 @@ class SamplerConfig:
 
 
 def _draw_snippets(serialized, index, *, config: SamplerConfig, table, n_labels: int):
-    """One record → its k ~ Poisson(1) draws, as a dict of tensors with leading dimension k."""
+    """One record → its k ~ Poisson(λ) draws, as a dict of tensors with leading dimension k."""
     parsed = tf.io.parse_single_example(serialized, _SNIPPET_SPEC)
     n_frames = parsed["n_frames"]
     n_mels = parsed["n_mels"]
@@ -238,7 +246,7 @@ def _draw_snippets(serialized, index, *, config: SamplerConfig, table, n_labels:
     if table is not None:
         encoded = table.lookup(parsed["track_id"])
         unlabelled = tf.logical_and(tf.logical_not(short), tf.equal(encoded, "-"))
-    draws = tf.random.stateless_poisson([], seed=seeds[0], lam=1.0, dtype=tf.int32)
+    draws = tf.random.stateless_poisson([], seed=seeds[0], lam=config.draws_per_track, dtype=tf.int32)
     draws = tf.where(tf.logical_or(short, unlabelled), 0, draws)
     n_starts = tf.maximum(n_frames - snippet + 1, 1)  # valid starts: 0 … n_frames − snippet
     uniforms = tf.random.stateless_uniform([draws, 2], seed=seeds[1], dtype=tf.float64)

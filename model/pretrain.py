@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     parser.add_argument("--log-every", type=int, default=100, help="steps between metrics lines")
     parser.add_argument("--shuffle-buffer", type=int, help="snippets in the shuffle buffer (default max(2·batch, 256))")
+    parser.add_argument(
+        "--draws-per-track", type=float, default=1.0,
+        help="expected snippets drawn per track read (Poisson mean; default 1 = sampling with "
+        "replacement as the paper; 4-8 with a larger --shuffle-buffer feeds a fast GPU from long tracks)",
+    )
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False, help="XLA-compile the step")
     parser.add_argument(
         "--bf16", dest="mixed_precision", action=argparse.BooleanOptionalAction, default=False,
@@ -98,6 +103,7 @@ def config_from_args(args: argparse.Namespace):
         mixup=args.mixup,
         positive_max_distance_s=args.positive_max_distance_s,
         shuffle_buffer=args.shuffle_buffer,
+        draws_per_track=args.draws_per_track,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,

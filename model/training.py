@@ -8,8 +8,10 @@ One run = one output directory:
                            counter is the run's step), and the input pipeline's iterator
                            (shuffle buffer and random state), so a resumed run continues
                            with exactly the batches, weights and learning rate it would have had
-    DIR/metrics.jsonl      one JSON object per logged step: step, loss, lr, examples_per_s,
-                           grad_norm, eta_s and the sampler's track counts
+    DIR/metrics.jsonl      one JSON object per logged step: step (updates done), loss (mean
+                           since the last line), lr (the rate of that step's update),
+                           examples_per_s (batch rows, i.e. pairs for SimCLR), grad_norm,
+                           eta_s and the input pipeline's running track counts
     DIR/tensorboard/       the same scalars for TensorBoard
     DIR/export/            at the end: the backbone (no projector) in the model export format
 
@@ -95,6 +97,8 @@ class TrainConfig:
         (5 s); None = "clip" mode (any two snippets of the same clip).
       snippet_frames: frames per snippet (300 = 3 s at 100 frames/s).
       shuffle_buffer: snippets in the input shuffle buffer (None: max(2·per-pipeline batch, 256)).
+      draws_per_track: expected draws of each track per pass over the shards (Poisson(λ));
+        1 is sampling with replacement as the paper; more feeds a fast GPU from long tracks.
       cycle_length: shards read in parallel by each input pipeline.
       seed: seeds the weights, stochastic depth and the input stream.
       checkpoint_every: steps between checkpoints (one is also written at the end).
@@ -130,6 +134,7 @@ class TrainConfig:
     positive_max_distance_s: float | None = data_lib.POSITIVE_MAX_DISTANCE_S
     snippet_frames: int = data_lib.SNIPPET_FRAMES
     shuffle_buffer: int | None = None
+    draws_per_track: float = 1.0
     cycle_length: int = 8
     seed: int = 0
     checkpoint_every: int = 1000
@@ -195,6 +200,7 @@ class TrainConfig:
             positive_max_distance_s=self.positive_max_distance_s,
             snippet_frames=self.snippet_frames,
             shuffle_buffer=self.shuffle_buffer,
+            draws_per_track=self.draws_per_track,
             cycle_length=self.cycle_length,
             seed=self.seed + 7_777_777 * stream,
             pipeline_id=pipeline_id,
@@ -348,7 +354,8 @@ class _Run:
         strategy = self.strategy
 
         def replica_fn(batch):
-            loss, gradients = compute(batch)
+            # Only the model's inputs enter the (possibly XLA-compiled) step: no strings.
+            loss, gradients = compute({key: batch[key] for key in ("log_mel", "log_mel_b", "labels") if key in batch})
             # Exact on one replica; with R replicas, the mean of each replica's partial-gradient norm.
             grad_norm = tf.linalg.global_norm(gradients)
             self.optimizer.apply_gradients(zip(gradients, self.variables))

@@ -43,18 +43,21 @@ def mule_python() -> Path:
 
 def run_oracle(script: str, *args: str, timeout_s: float = 1200) -> subprocess.CompletedProcess:
     """Run `script` (Python source) with the oracle's interpreter; raise with its stderr."""
+    return _run_in_oracle([str(mule_python()), "-c", script, *args], timeout_s=timeout_s)
+
+
+def run_oracle_program(program: str, *args: str, timeout_s: float = 1200) -> subprocess.CompletedProcess:
+    """Run one of the oracle venv's console scripts (e.g. `mule analyze ...`); raise with its stderr."""
+    return _run_in_oracle([str(mule_python().parent / program), *args], timeout_s=timeout_s)
+
+
+def _run_in_oracle(command: list[str], *, timeout_s: float) -> subprocess.CompletedProcess:
     if shutil.which("ffmpeg") is None:
         pytest.skip("the reference reads audio through the ffmpeg program; install ffmpeg")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["CUDA_VISIBLE_DEVICES"] = ""
-    result = subprocess.run(
-        [str(mule_python()), "-c", script, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout_s,
-    )
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s)
     if result.returncode != 0:
-        raise AssertionError(f"oracle script failed:\n{result.stderr[-4000:]}")
+        raise AssertionError(f"oracle {Path(command[0]).name} failed:\n{result.stderr[-4000:]}")
     return result

@@ -45,6 +45,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from mule_reference import FRONT_END_CONFIG
 from musicrep.features import FeatureConfig, decode, log_mel
 
 pytestmark = pytest.mark.slow
@@ -54,31 +55,7 @@ MEL_MAX_TOLERANCE = 1e-2
 MEL_MEAN_TOLERANCE = 1e-3
 EDGE_FRAMES = 3
 
-ORACLE_CONFIG = """\
-Analysis:
-  source_feature:
-    AudioWaveform:
-      input_file:
-        AudioFile:
-          sample_rate: 44100
-      sample_rate: 16000
-  feature_transforms:
-    - MelSpectrogram:
-        n_fft: 2048
-        hop_length: 160
-        win_length: 400
-        window: hann
-        n_mels: 96
-        fmin: 0.0
-        fmax: 8000.0
-        norm: 2.0
-        mag_compression: log10_nonneg
-        htk: true
-        power: 2.0
-        mag_range: null
-        extractor:
-          BlockExtractor: null
-"""
+ORACLE_CONFIG = FRONT_END_CONFIG
 
 ORACLE_SCRIPT = """\
 import json, os, sys

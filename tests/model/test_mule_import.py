@@ -3,8 +3,8 @@
 The oracle (sxmp-mule 1.1.2, TensorFlow 2.13.1, GPL — run, never imported) builds its
 backbone exactly as the release was built, perturbs every weight (so gains, biases, skip
 gains and SE layers all matter and a swapped weight cannot hide behind its init value),
-saves it as a Keras 2.13 `.keras` file (tests/mule_reference.py, cached per machine), loads
-that file back and embeds a few standardised log-mel windows.
+saves it as a Keras 2.13 `.keras` file (and as `.h5`, which the oracle reloads fast;
+tests/mule_reference.py, cached per machine) and embeds a few standardised log-mel windows.
 We import that file with our CLI and embed the raw windows (our model standardises).
 """
 import json
@@ -17,18 +17,18 @@ import pytest
 from musicrep.errors import ConfigError
 from musicrep.model import cli, load
 from musicrep.model.mule_import import _creation_index, _snake_case, import_mule
-from mule_reference import reference_embeddings, reference_model_file
+from mule_reference import reference_embeddings, reference_model
 
 
 @pytest.mark.slow
 def test_import_mule_matches_the_reference(tmp_path, rng):
     log_mel = np.log10(1 + 10_000 * rng.gamma(0.5, 0.01, size=(3, 96, 300))).astype("float32")
-    reference_file = reference_model_file(seed=7)
-    reference = reference_embeddings(reference_file, log_mel, tmp_path)
+    reference_files = reference_model(seed=7)
+    reference = reference_embeddings(reference_files, log_mel, tmp_path)
     assert reference.shape == (3, 1728) and reference.std() > 0.05  # the residual branches contribute
 
     export_uri = str(tmp_path / "export")
-    assert cli.run(["import-mule", str(reference_file), "--output", export_uri]) == 0
+    assert cli.run(["import-mule", str(reference_files.keras_file), "--output", export_uri]) == 0
     ours = np.asarray(load(export_uri)(log_mel))
     # float32 through ~60 layers on two TF versions: measured max |Δ| ≈ 7e-7.
     assert np.max(np.abs(ours - reference)) <= 1e-4

@@ -105,6 +105,14 @@ def test_tracks_are_drawn_uniformly_with_replacement(tmp_path, shard_writer, rng
     assert 0.4 < counts.var() / counts.mean() < 2.0
 
 
+def test_more_draws_per_track_read(indexed_shards):
+    config = SamplerConfig(batch_size=64, shuffle_buffer=1, seed=4, draws_per_track=4.0)
+    draws = take(sample_snippets(indexed_shards, config), 10)
+    reads = draws["tracks_read"]
+    usable_reads = reads.max() * (len(LENGTHS) - len(SHORT)) / len(LENGTHS)
+    assert len(reads) / usable_reads == pytest.approx(4.0, rel=0.2)
+
+
 def test_the_stream_is_a_function_of_the_seed(indexed_shards):
     def first(seed):
         return take(sample_snippets(indexed_shards, SamplerConfig(batch_size=8, pairs=True, seed=seed)), 3)

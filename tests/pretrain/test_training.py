@@ -33,7 +33,6 @@ def tiny_config(catalog, output_dir, **overrides) -> TrainConfig:
         shuffle_buffer=32,
         cycle_length=2,
         seed=5,
-        deterministic=True,
     )
     settings.update(overrides)
     return TrainConfig(**settings)
