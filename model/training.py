@@ -276,12 +276,16 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
 class _Run:
     """Builds the models, optimizer, input and checkpoint of one run and trains them."""
 
-    def __init__(self, config: TrainConfig, strategy: tf.distribute.Strategy) -> None:
+    def __init__(
+        self, config: TrainConfig, strategy: tf.distribute.Strategy, *, vocabulary: tuple[str, ...] | None = None
+    ) -> None:
         self.config = config
         self.strategy = strategy
         self.chief = _is_chief(strategy)
         self.multi_worker = _is_multi_worker(strategy)
-        self.labels = data_lib.read_labels(config.labels) if config.objective == "supervised" else None
+        self.labels = (
+            data_lib.read_labels(config.labels, vocabulary=vocabulary) if config.objective == "supervised" else None
+        )
         n_out = self.labels.n_labels if self.labels is not None else config.projection_size
         keras.utils.set_random_seed(config.seed)
         previous_policy = keras.mixed_precision.dtype_policy()
@@ -452,9 +456,14 @@ def train(
     strategy = strategy or make_strategy()
     chief = _is_chief(strategy)
     _prepare_directory(config, resume=resume, chief=chief)
-    run = _Run(config, strategy)
+    labels_path = os.path.join(config.output_dir, "labels.json")
+    vocabulary = None
+    if config.objective == "supervised" and tf.io.gfile.exists(labels_path):
+        with tf.io.gfile.GFile(labels_path) as handle:  # a resumed run keeps its logit order
+            vocabulary = tuple(json.load(handle)["vocabulary"])
+    run = _Run(config, strategy, vocabulary=vocabulary)
     if chief and run.labels is not None:
-        with tf.io.gfile.GFile(os.path.join(config.output_dir, "labels.json"), "w") as handle:
+        with tf.io.gfile.GFile(labels_path, "w") as handle:
             handle.write(json.dumps({"vocabulary": list(run.labels.vocabulary)}, indent=2))
 
     checkpoint_dir = os.path.join(config.output_dir, "checkpoints")

@@ -9,8 +9,8 @@ source scripts/setup_env.sh
 export TF_CPP_MIN_LOG_LEVEL=2
 
 out="${MUSICREP_DEMO_DIR:-$PWD/demo-output}"
-tracks="${MUSICREP_DEMO_TRACKS:-48}"
-steps="${MUSICREP_DEMO_STEPS:-150}"
+tracks="${MUSICREP_DEMO_TRACKS:-64}"
+steps="${MUSICREP_DEMO_STEPS:-100}"
 musicrep=.venv/bin/musicrep
 rm -rf "$out"
 mkdir -p "$out"
