@@ -201,3 +201,43 @@ def test_handler_batches_windows_across_tracks(tiny_model_uri, rng):
         starts, length = track_windows.starts, track_windows.window_frames
         windows = np.stack([track_windows.log_mel[s : s + length].T for s in starts])
         np.testing.assert_allclose(result.inference, np.asarray(loaded.model(windows, training=False)), atol=1e-5)
+
+
+def test_per_window_rows_and_bad_records_are_dead_letters(shards, tiny_model_uri, tmp_path, rng):
+    """--per-window writes one row per window; an unreadable record and a record of
+    another mel size become dead letters next to the good tracks."""
+    import tensorflow as tf
+
+    from musicrep.features.config import DEFAULT_FEATURE_CONFIG
+    from musicrep.features.shards import FeatureRecord, serialize_record
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    wrong_mels = FeatureRecord(
+        track_id="wide", uri="mem://wide", content_sha256="0" * 64, sample_rate=16000, duration_s=4.0,
+        log_mel=rng.random((401, 64), dtype=np.float32), feature_config=DEFAULT_FEATURE_CONFIG.to_json(),
+        feature_version=DEFAULT_FEATURE_CONFIG.version,
+    )
+    for path in glob.glob(f"{shards}/features-*"):
+        shutil.copy(path, extra)
+    with tf.io.TFRecordWriter(str(extra / "extra-00000-of-00001.tfrecord.gz"), options="GZIP") as writer:
+        writer.write(serialize_record(wrong_mels))
+        writer.write(b"not an Example")
+    out = str(tmp_path / "out")
+    embed_job.run(
+        ["--features", f"{extra}/*.tfrecord.gz", "--model", tiny_model_uri,
+         "--output", out, "--per-window", *IN_MEMORY]
+    )
+    tracks = read_embeddings(out)
+    assert sorted(tracks.index) == sorted(DURATIONS_S)
+    failures = sorted((e["track_id"], e["stage"], e["error_type"]) for e in read_errors(out))
+    assert failures == [("", "parse", "DecodeError"), ("blip", "too_short", "TooShortError"), ("wide", "windows", "ConfigError")]
+    (path,) = glob.glob(f"{out}/windows-*-of-*.parquet")
+    windows = pq.read_table(path)
+    size = musicrep.model.read_metadata(tiny_model_uri).embedding_size
+    assert windows.schema.equals(schema.window_schema(size), check_metadata=True)
+    frame = windows.to_pandas()
+    assert frame.groupby("track_id").size().to_dict() == tracks["n_windows"].to_dict()
+    a = frame[frame.track_id == "a"].sort_values("start_s")
+    assert a["start_s"].tolist() == pytest.approx([0.5, 2.5, 3.01])
+    np.testing.assert_allclose(np.stack(a["embedding"]).mean(axis=0), tracks.loc["a", "embedding"], atol=1e-6)
