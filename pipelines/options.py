@@ -34,7 +34,8 @@ def make_pipeline_options(beam_args: list[str]) -> PipelineOptions:
         direct = options.view_as(DirectOptions)
         if not any(arg.startswith("--direct_running_mode") for arg in beam_args):
             direct.direct_running_mode = "multi_processing"
-        if not direct.direct_num_workers:
+        # DirectOptions defaults to 1 worker, so only an explicit flag may override ours.
+        if not any(arg.startswith("--direct_num_workers") for arg in beam_args):
             direct.direct_num_workers = os.cpu_count() or 1
     # Our DoFns live in the installed package, so workers import them; pickling the
     # launcher's __main__ would only drag unrelated state along.

@@ -1,0 +1,23 @@
+"""The offline embedded default of every job."""
+import os
+
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+from musicrep.pipelines.options import make_pipeline_options
+
+
+def test_default_is_fn_api_runner_with_one_process_per_core():
+    options = make_pipeline_options([])
+    direct = options.view_as(DirectOptions)
+    assert options.view_as(StandardOptions).runner == "FnApiRunner"
+    assert direct.direct_running_mode == "multi_processing"
+    assert direct.direct_num_workers == os.cpu_count()
+
+
+def test_explicit_flags_win():
+    options = make_pipeline_options(["--direct_num_workers", "1", "--direct_running_mode", "in_memory"])
+    direct = options.view_as(DirectOptions)
+    assert (direct.direct_num_workers, direct.direct_running_mode) == (1, "in_memory")
+    options = make_pipeline_options(["--runner", "DataflowRunner"])
+    assert options.view_as(StandardOptions).runner == "DataflowRunner"
+    assert options.view_as(DirectOptions).direct_num_workers == 1  # untouched off the embedded runner
