@@ -67,6 +67,7 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
         large_model: bool = False,
         model_copies: int | None = None,
         jit_compile: bool = False,
+        cpu_threads: int | None = None,
     ):
         super().__init__()
         self._model_uri = model_uri
@@ -75,15 +76,23 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
         self._large_model = large_model
         self._model_copies = model_copies
         self._jit_compile = jit_compile
+        self._cpu_threads = cpu_threads
 
     def load_model(self) -> Any:
         import tensorflow as tf
 
         import musicrep.model
 
+        gpus = tf.config.list_physical_devices("GPU")
         # Grow GPU memory on demand: several handlers (or a decoder) may share a GPU.
-        for gpu in tf.config.list_physical_devices("GPU"):
+        for gpu in gpus:
             tf.config.experimental.set_memory_growth(gpu, True)
+        if not gpus and self._cpu_threads:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(self._cpu_threads)
+                tf.config.threading.set_inter_op_parallelism_threads(self._cpu_threads)
+            except RuntimeError:  # the runtime already started in this process: keep its pools
+                logger.warning("TensorFlow already initialised; cannot limit it to %d threads", self._cpu_threads)
         model = musicrep.model.load(self._model_uri)
         # One traced graph per window length: batches are padded to batch_size below,
         # so the last, partial batch of a bundle does not retrace.

@@ -25,8 +25,12 @@ METRICS_NAMESPACE = "musicrep"
 EMBEDDED_RUNNER = "FnApiRunner"
 
 
-def make_pipeline_options(beam_args: list[str]) -> PipelineOptions:
-    """PipelineOptions from the arguments argparse did not take, with the offline default."""
+def make_pipeline_options(beam_args: list[str], *, default_workers: int | None = None) -> PipelineOptions:
+    """PipelineOptions from the arguments argparse did not take, with the offline default.
+
+    `default_workers`: worker processes of the embedded runner unless --direct_num_workers
+    says otherwise (default: one per core).
+    """
     options = PipelineOptions(beam_args)
     standard = options.view_as(StandardOptions)
     if standard.runner is None:
@@ -36,11 +40,24 @@ def make_pipeline_options(beam_args: list[str]) -> PipelineOptions:
             direct.direct_running_mode = "multi_processing"
         # DirectOptions defaults to 1 worker, so only an explicit flag may override ours.
         if not any(arg.startswith("--direct_num_workers") for arg in beam_args):
-            direct.direct_num_workers = os.cpu_count() or 1
+            direct.direct_num_workers = default_workers or os.cpu_count() or 1
     # Our DoFns live in the installed package, so workers import them; pickling the
     # launcher's __main__ would only drag unrelated state along.
     options.view_as(SetupOptions).save_main_session = False
     return options
+
+
+def threads_per_worker(options: PipelineOptions) -> int | None:
+    """Cores per worker process on the embedded multi-process runner, None elsewhere.
+
+    TensorFlow sizes its thread pools to the whole machine in every process; with one
+    worker per core that oversubscribes the CPU (measured: half the throughput of a
+    single process with the same model), so such workers get their share of the cores.
+    """
+    direct = options.view_as(DirectOptions)
+    if options.view_as(StandardOptions).runner != EMBEDDED_RUNNER or direct.direct_running_mode != "multi_processing":
+        return None
+    return max(1, (os.cpu_count() or 1) // max(1, direct.direct_num_workers))
 
 
 def counter_values(result: PipelineResult) -> dict[str, int]:

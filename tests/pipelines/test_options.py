@@ -21,3 +21,20 @@ def test_explicit_flags_win():
     options = make_pipeline_options(["--runner", "DataflowRunner"])
     assert options.view_as(StandardOptions).runner == "DataflowRunner"
     assert options.view_as(DirectOptions).direct_num_workers == 1  # untouched off the embedded runner
+
+
+def test_worker_processes_share_the_cores():
+    from musicrep.pipelines.options import threads_per_worker
+
+    cores = os.cpu_count()
+    assert threads_per_worker(make_pipeline_options(["--direct_num_workers", "1"])) == cores
+    assert threads_per_worker(make_pipeline_options([])) == 1
+    assert threads_per_worker(make_pipeline_options(["--direct_running_mode", "in_memory"])) is None
+    assert threads_per_worker(make_pipeline_options(["--runner", "DataflowRunner"])) is None
+
+
+def test_a_job_may_choose_its_default_worker_count():
+    direct = make_pipeline_options([], default_workers=1).view_as(DirectOptions)
+    assert (direct.direct_num_workers, direct.direct_running_mode) == (1, "multi_processing")
+    direct = make_pipeline_options(["--direct_num_workers", "2"], default_workers=1).view_as(DirectOptions)
+    assert direct.direct_num_workers == 2
