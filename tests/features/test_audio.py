@@ -190,13 +190,20 @@ MEMORY_SCRIPT = textwrap.dedent("""
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * resource.getpagesize()
 
+    def peak_rss_bytes():
+        # VmHWM, not ru_maxrss: the latter survives fork + exec, so a child of a large
+        # pytest process would report the parent's peak.
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
+
     path = sys.argv[1]
     with open(path, "rb") as f:
         decode(f.read(200_000))  # warm up on 25 s: imports, filter tables, codec libraries
     before = rss_bytes()
     with open(path, "rb") as f:
         waveform = decode(f)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     print(waveform.nbytes, max(peak - before, 0), waveform.size)
     print("ratio", max(peak - before, 0) / waveform.nbytes, file=sys.stderr)
 """)
