@@ -6,7 +6,7 @@ Same run, same windows, same batch size: (1) a bare loop of model forwards over 
 track's windows in this process; (2) the embed job over the feature shards on the
 embedded runner (one worker per core). Target: job windows/s ≥ 0.9 × bare windows/s.
 The job's time includes worker start-up and model loading in each worker; peak RSS per
-worker is the largest VmHWM of any worker process (children of this one), sampled.
+worker is the largest VmHWM of any worker process (descendants of this one), sampled.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from musicrep.synth_catalog import write_synth_catalog
 
 
 class ChildPeakRss:
-    """Largest VmHWM of this process's children, sampled while the job runs (ru_maxrss of
+    """Largest VmHWM of this process's descendants, sampled while the job runs (ru_maxrss of
     children is useless here: it carries the parent's peak across fork + exec)."""
 
     def __init__(self, interval_s: float = 0.5):
@@ -51,16 +51,25 @@ class ChildPeakRss:
         self._thread.join()
 
     def _sample(self) -> None:
+        # Workers are grandchildren (the runner starts them through a shell): walk the tree.
         me = os.getpid()
         while not self._stop.wait(self._interval_s):
+            parents, peaks = {}, {}
             for pid in filter(str.isdigit, os.listdir("/proc")):
                 try:
                     with open(f"/proc/{pid}/status") as handle:
                         fields = dict(line.split(":", 1) for line in handle if ":" in line)
                 except OSError:
                     continue
-                if int(fields.get("PPid", "0").strip()) == me and "VmHWM" in fields:
-                    self.peak_bytes = max(self.peak_bytes, int(fields["VmHWM"].split()[0]) * 1024)
+                parents[int(pid)] = int(fields.get("PPid", "0").strip())
+                if "VmHWM" in fields:
+                    peaks[int(pid)] = int(fields["VmHWM"].split()[0]) * 1024
+            for pid, peak in peaks.items():
+                ancestor = parents.get(pid)
+                while ancestor and ancestor != me:
+                    ancestor = parents.get(ancestor)
+                if ancestor == me:
+                    self.peak_bytes = max(self.peak_bytes, peak)
 
 
 def bare_forwards(shards: str, model_uri: str, batch_size: int) -> tuple[int, float]:
