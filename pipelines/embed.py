@@ -342,6 +342,16 @@ def _carried_row(joined: tuple[str, dict]) -> Iterator[dict]:
         yield row
 
 
+def embed_pipeline_options(beam_args: list[str]):
+    """Pipeline options of the jobs that run the model (embed, reembed).
+
+    On the embedded runner one process runs the model on every core (TensorFlow's own
+    thread pools): measured on 2 cores, F0 ran at 13.5 windows/s with one worker process
+    and 8.6 with two.
+    """
+    return make_pipeline_options(beam_args, default_workers=1)
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="musicrep embed",
@@ -385,10 +395,7 @@ def run(argv: list[str] | None = None) -> int:
     elif not FileSystems.match([args.features])[0].metadata_list:
         raise ConfigError(f"no feature shards match {args.features!r}")
     started = time.perf_counter()
-    # On the embedded runner one process runs the model on every core (TensorFlow's own
-    # thread pools): measured on 2 cores, F0 ran at 13.5 windows/s with one worker
-    # process and 8.6 with two.
-    options = make_pipeline_options(beam_args, default_workers=1)
+    options = embed_pipeline_options(beam_args)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(
         pipeline,

@@ -32,7 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 from musicrep.errors import ConfigError
 from musicrep.pipelines import embed, schema
 from musicrep.pipelines.features import check_source
-from musicrep.pipelines.options import counter_values, make_pipeline_options, threads_per_worker
+from musicrep.pipelines.options import counter_values, threads_per_worker
 from musicrep.pipelines.outputs import ERRORS_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -120,10 +120,7 @@ def run(argv: list[str] | None = None) -> int:
     current_files = _files(current, schema.EMBEDDINGS_PREFIX)
 
     started = time.perf_counter()
-    # On the embedded runner one process runs the model on every core (TensorFlow's own
-    # thread pools): measured on 2 cores, F0 ran at 13.5 windows/s with one worker
-    # process and 8.6 with two.
-    options = make_pipeline_options(beam_args, default_workers=1)
+    options = embed.embed_pipeline_options(beam_args)
     pipeline = beam.Pipeline(options=options)
     embed.build_pipeline(
         pipeline,
