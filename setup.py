@@ -1,11 +1,11 @@
 """Distribution `musicrep`: one installable package so Beam can ship it with --setup_file.
 
 The top-level folders are the subpackages (features/, model/, pipelines/, probes/);
-core/ holds the root package (CLI, errors, the synthetic catalog).
+core/ holds the root package (CLI, errors, file layer; musicrep.testing: the synthetic catalog).
 """
 import setuptools
 
-SUBPACKAGES = ("features", "model", "pipelines", "probes")
+SUBPACKAGES = ("features", "model", "pipelines", "probes", "store")
 
 # Versions verified to install and run together on Python 3.11 (see README, "Versions").
 INSTALL_REQUIRES = [
@@ -20,7 +20,10 @@ INSTALL_REQUIRES = [
     "soxr>=0.5",
     "librosa>=0.11",
     "google-cloud-storage>=2.18",
+    "google-crc32c>=1.5",  # TFRecord checksums of the shard reader (musicrep.features.shards)
     "pyyaml>=6",
+    "deltalake>=1.6,<2",
+    "openvino>=2026.4,<2027",
 ]
 
 EXTRAS_REQUIRE = {
@@ -29,6 +32,7 @@ EXTRAS_REQUIRE = {
         "scikit-learn>=1.5",
         "mir_eval>=0.8",
         "duckdb>=1.1",
+        "polars>=1.0",
         "gcp-storage-emulator>=2024.8.3",
         "dockerfile-parse>=2.0",
     ],

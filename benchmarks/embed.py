@@ -1,12 +1,15 @@
 """Embed job throughput against bare model forwards, printed as one JSON object.
 
-    python benchmarks/embed.py [--config F0|tiny] [--tracks 8] [--duration-s 60] [--batch-size 32]
+    python benchmarks/embed.py [--config F0|tiny] [--tracks 34] [--duration-s 120] [--batch-size 32]
+                               [--engine tf|openvino] [--precision fp32|bf16]
 
-Same run, same windows, same batch size: (1) a bare loop of model forwards over every
-track's windows in this process; (2) the embed job over the feature shards on the
-embedded runner (one worker per core). Target: job windows/s ≥ 0.9 × bare windows/s.
-The job's time includes worker start-up and model loading in each worker; peak RSS per
-worker is the largest VmHWM of any worker process (descendants of this one), sampled.
+Same run, same windows, same batch size, same engine and precision: (1) a bare loop of
+model forwards over every track's windows in this process; (2) the embed job over the
+feature shards on the embedded runner (one worker process). The defaults give 34 × 60 =
+2,040 windows. Target: job windows/s ≥ 0.9 × bare windows/s. The job's time includes
+worker start-up and model loading (OpenVINO reuses the IR that the bare run converted and
+cached on this machine, as a second worker would); peak RSS per worker is the largest
+VmHWM of any worker process (descendants of this one), sampled.
 """
 from __future__ import annotations
 
@@ -28,8 +31,8 @@ from musicrep.features.shards import parse_record
 from musicrep.features.windows import cut_windows, window_starts
 from musicrep.pipelines import embed as embed_job
 from musicrep.pipelines import features as features_job
-from musicrep.pipelines.inference import EmbeddingModelHandler
-from musicrep.synth_catalog import write_synth_catalog
+from musicrep.pipelines.inference import EmbeddingModelHandler, InferenceSpec
+from musicrep.testing import write_synth_catalog
 
 
 class ChildPeakRss:
@@ -72,9 +75,10 @@ class ChildPeakRss:
                     self.peak_bytes = max(self.peak_bytes, peak)
 
 
-def bare_forwards(shards: str, model_uri: str, batch_size: int) -> tuple[int, float]:
+def bare_forwards(shards: str, model_uri: str, spec: InferenceSpec) -> tuple[int, float]:
     """Windows embedded and seconds taken by plain batched model calls."""
-    loaded = EmbeddingModelHandler(model_uri, batch_size=batch_size).load_model()
+    batch_size = spec.batch_size
+    loaded = EmbeddingModelHandler(model_uri, spec).load_model()
     min_frames = musicrep.model.read_metadata(model_uri).min_frames
     windows = []
     for path in sorted(glob.glob(shards)):
@@ -83,19 +87,21 @@ def bare_forwards(shards: str, model_uri: str, batch_size: int) -> tuple[int, fl
             starts, length = window_starts(record.n_frames, window_frames=300, hop_frames=200, min_frames=min_frames)
             windows.append(cut_windows(record.log_mel, starts, length))
     everything = np.concatenate(windows)
-    loaded.embed(everything[:batch_size], batch_size)  # trace outside the timing
+    loaded.embed(everything[:batch_size])  # trace outside the timing
     started = time.perf_counter()
     for begin in range(0, everything.shape[0], batch_size):
-        loaded.embed(everything[begin : begin + batch_size], batch_size)
+        loaded.embed(everything[begin : begin + batch_size])
     return everything.shape[0], time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="F0", choices=("F0", "tiny"))
-    parser.add_argument("--tracks", type=int, default=8)
-    parser.add_argument("--duration-s", type=float, default=60.0)
+    parser.add_argument("--tracks", type=int, default=34)
+    parser.add_argument("--duration-s", type=float, default=120.0)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--engine", default="tf")
+    parser.add_argument("--precision", default="fp32")
     args, beam_args = parser.parse_known_args()
     with tempfile.TemporaryDirectory(prefix="musicrep-bench-") as tmp:
         catalog, shards_dir = os.path.join(tmp, "catalog"), os.path.join(tmp, "features")
@@ -111,12 +117,14 @@ def main() -> None:
         musicrep.model.save(musicrep.model.build_sf_nfnet(config), model_uri, config=config, source="benchmark")
         shards = f"{shards_dir}/features-*.tfrecord.gz"
 
-        n_windows, bare_s = bare_forwards(shards, model_uri, args.batch_size)
+        spec = InferenceSpec(batch_size=args.batch_size, engine=args.engine, precision=args.precision)
+        n_windows, bare_s = bare_forwards(shards, model_uri, spec)
         started = time.perf_counter()
         with ChildPeakRss() as workers:
             embed_job.run(
                 ["--features", shards, "--model", model_uri, "--output", os.path.join(tmp, "emb"),
-                 "--batch-size", str(args.batch_size), *beam_args]
+                 "--batch-size", str(args.batch_size), "--engine", args.engine, "--precision", args.precision,
+                 *beam_args]
             )
         job_s = time.perf_counter() - started
     result = {
@@ -124,6 +132,9 @@ def main() -> None:
         "config": args.config,
         "device": "gpu" if tf.config.list_physical_devices("GPU") else "cpu",
         "cpu_count": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "engine": args.engine,
+        "precision": args.precision,
         "batch_size": args.batch_size,
         "tracks": args.tracks,
         "windows": n_windows,

@@ -22,7 +22,7 @@ import threadpoolctl
 
 from musicrep.features import decode, log_mel
 from musicrep.pipelines import features as features_job
-from musicrep.synth_catalog import write_synth_catalog
+from musicrep.testing import write_synth_catalog
 
 
 def _best_of(fn, repeats: int) -> float:

@@ -44,17 +44,21 @@ import numpy as np
 def write_catalog(directory: str, *, tracks: int, seconds: float, shards: int, seed: int = 0) -> str:
     import tensorflow as tf
 
+    from musicrep.features.config import DEFAULT_FEATURE_CONFIG as front_end
     from musicrep.features.shards import FeatureRecord, serialize_record
 
     rng = np.random.default_rng(seed)
-    frames = int(seconds * 100)
+    frames = int(seconds * front_end.frames_per_second)
     writers = [
         tf.io.TFRecordWriter(os.path.join(directory, f"features-{i:05d}-of-{shards:05d}.tfrecord.gz"), options="GZIP")
         for i in range(shards)
     ]
     for index in range(tracks):
-        log_mel = (rng.random((frames, 96), dtype=np.float32) * 4).astype(np.float32)
-        record = FeatureRecord(f"bench{index}", f"bench://{index}", "0" * 64, 16000, seconds, log_mel, "{}", "bench")
+        log_mel = (rng.random((frames, front_end.n_mels), dtype=np.float32) * 4).astype(np.float32)
+        record = FeatureRecord(
+            f"bench{index}", f"bench://{index}", "0" * 64, front_end.sample_rate_hz, seconds, log_mel,
+            front_end.to_json(), front_end.version,
+        )
         writers[index % shards].write(serialize_record(record, dtype="float16"))
     for writer in writers:
         writer.close()
@@ -83,7 +87,7 @@ def bench_pipeline(pattern: str, *, batch_size: int, batches: int, draws_per_tra
 
 
 def bench_training(pattern: str, *, model_config: str, batch_size: int, steps: int, bf16: bool = False, xla: bool = False) -> dict:
-    from musicrep.model.training import TrainConfig, train
+    from musicrep.model import TrainConfig, train
 
     with tempfile.TemporaryDirectory(prefix="musicrep-bench-run-") as output:
         config = TrainConfig(
@@ -128,7 +132,7 @@ def embed_tracks(model, pattern: str, *, window: int = 300, hop: int = 200) -> d
 
     out = {}
     for record in read_shards(pattern):
-        log_mel = record["log_mel"].numpy()  # [frames, 96]
+        log_mel = record["log_mel"].numpy()  # [frames, n_mels]
         frames = log_mel.shape[0]
         if frames < window:
             continue

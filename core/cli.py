@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
+
+from musicrep import native_logging
+from musicrep.errors import MusicrepError
 
 # subcommand -> (module with run(argv), one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth-catalog": ("musicrep.synth_catalog", "write a small labelled synthetic audio catalog"),
+    "synth-catalog": ("musicrep.testing", "write a small labelled synthetic audio catalog"),
     "features": ("musicrep.pipelines.features", "Beam job: audio catalog -> log-mel TFRecord shards"),
     "model": ("musicrep.model.cli", "create, inspect and import SF-NFNet-F0 model exports"),
     "embed": ("musicrep.pipelines.embed", "Beam job: shards or audio -> one embedding per track (Parquet)"),
@@ -22,20 +24,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("musicrep.probes.cli", "fit MLP probes on Parquet embeddings and report metrics"),
     "probe-suite": ("musicrep.probes.suite", "run several probes and print the paper's table"),
     "reembed": ("musicrep.pipelines.reembed", "incremental scheduled re-embedding into a store"),
+    "store": ("musicrep.store.cli", "the reembed store (Delta table): compact, vacuum, history, import"),
 }
 
 
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
-    lines = ["usage: musicrep COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: musicrep [--verbose] COMMAND [ARGS...]", "", "commands:"]
     for name, (_, description) in COMMANDS.items():
         lines.append(f"  {name.ljust(width)}  {description}")
-    lines += ["", "Run `musicrep COMMAND --help` for the options of one command."]
+    lines += [
+        "",
+        "  --verbose  (before or after COMMAND) keep TensorFlow's C++ start-up lines and show debug logs",
+        "",
+        "Run `musicrep COMMAND --help` for the options of one command.",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command; its status, or 2 with one line on stderr for a refused input.
+
+    Errors musicrep raises on purpose (`MusicrepError`: bad options, paths, settings, data)
+    are a message for the user; any other exception is a bug and keeps its traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Taken before or after the command name (`musicrep --verbose embed`, `musicrep embed
+    # --verbose`): no job has an option of that name, and Beam would refuse it.
+    verbose = "--verbose" in argv
+    argv = [arg for arg in argv if arg != "--verbose"]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -48,21 +65,29 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"musicrep: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    _configure_logging()
-    module = importlib.import_module(COMMANDS[name][0])
-    result = module.run(rest)
+    _configure_logging(verbose=verbose)
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        result = module.run(rest)
+    except MusicrepError as error:
+        print(f"musicrep {name}: {error}", file=sys.stderr)
+        return 2
     return result if isinstance(result, int) else 0
 
 
-def _configure_logging() -> None:
-    # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) buries the progress
-    # lines; workers inherit the variable, so it is set before anything imports TF.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+def _configure_logging(*, verbose: bool) -> None:
+    if verbose:
+        # Before the command's module imports TensorFlow; workers inherit the environment.
+        native_logging.set_verbose()
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.WARNING)
     # Workers' own start-up warnings (no semi-persistent dir, no resource module) are
     # relayed through the job service and say nothing about the job.
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    if not verbose:
+        logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

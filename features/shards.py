@@ -8,23 +8,35 @@ This is the only module of features/ that imports TensorFlow.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import gzip
+import struct
+import zlib
+from typing import Any, BinaryIO, Iterator
 
+import google_crc32c
 import numpy as np
 import tensorflow as tf
 
-from musicrep.errors import ConfigError
+from musicrep.errors import ConfigError, MusicrepError, RecordError
+from musicrep.manifest import resolve_files
 
 SCHEMA_VERSION = "musicrep-shard-1"
+SHARD_KIND = "features"  # the features job's file prefix and manifest kind
 SHARD_SUFFIX = ".tfrecord.gz"
 LOG_MEL_DTYPES = ("float16", "float32")
 
-_BYTES = ("track_id", "uri", "content_sha256", "log_mel", "log_mel_dtype", "feature_config", "feature_version")
+_BYTES = (
+    "schema_version", "track_id", "uri", "content_sha256", "log_mel", "log_mel_dtype", "feature_config",
+    "feature_version",
+)
 _INTS = ("sample_rate", "n_mels", "n_frames")
 _FLOATS = ("duration_s",)
 
 FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
     **{key: tf.io.FixedLenFeature([], tf.string) for key in _BYTES},
+    # Read with a default so that a shard from before versions were written fails the
+    # version check (naming what it found), not the parser.
+    "schema_version": tf.io.FixedLenFeature([], tf.string, default_value=""),
     **{key: tf.io.FixedLenFeature([], tf.int64) for key in _INTS},
     **{key: tf.io.FixedLenFeature([], tf.float32) for key in _FLOATS},
 }
@@ -58,6 +70,7 @@ def serialize_record(record: FeatureRecord, *, dtype: str = "float16") -> bytes:
         raise ConfigError(f"log-mel dtype must be one of {LOG_MEL_DTYPES}, got {dtype!r}")
     payload = np.ascontiguousarray(record.log_mel, dtype=np.dtype(dtype).newbyteorder("<"))
     values: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION.encode(),
         "track_id": record.track_id.encode(),
         "uri": record.uri.encode(),
         "content_sha256": record.content_sha256.encode(),
@@ -82,11 +95,19 @@ def serialize_record(record: FeatureRecord, *, dtype: str = "float16") -> bytes:
 
 
 def parse_record(serialized: bytes) -> FeatureRecord:
-    """Parses one serialized Example back into a FeatureRecord (no graph; for Beam DoFns)."""
+    """Parses one serialized Example back into a FeatureRecord (no graph; for Beam DoFns).
+
+    Raises:
+        RecordError: not a musicrep feature record, another schema version, or a log-mel
+            payload that does not match its shape.
+    """
     feature = tf.train.Example.FromString(serialized).features.feature
+    found = feature["schema_version"].bytes_list.value[0].decode() if "schema_version" in feature else None
+    if found != SCHEMA_VERSION:
+        raise RecordError(_version_message(found))
     missing = [key for key in FEATURE_SPEC if key not in feature]
     if missing:
-        raise ConfigError(f"not a musicrep feature record: missing keys {missing}")
+        raise RecordError(f"not a musicrep feature record: missing keys {missing}")
 
     def text(key: str) -> str:
         return feature[key].bytes_list.value[0].decode()
@@ -106,38 +127,109 @@ def parse_record(serialized: bytes) -> FeatureRecord:
     )
 
 
+def _version_message(found: str | None) -> str:
+    shown = repr(found) if found else "none (a shard written before versions were recorded, or not ours)"
+    return f"feature shard schema version {shown}; this musicrep reads {SCHEMA_VERSION!r}: rerun the features job"
+
+
 def _decode_log_mel(payload: bytes, dtype: str, n_frames: int, n_mels: int) -> np.ndarray:
     if dtype not in LOG_MEL_DTYPES:
-        raise ConfigError(f"unknown log_mel_dtype {dtype!r}")
+        raise RecordError(f"unknown log_mel_dtype {dtype!r}")
     array = np.frombuffer(payload, dtype=np.dtype(dtype).newbyteorder("<"))
     if array.size != n_frames * n_mels:
-        raise ConfigError(f"log_mel holds {array.size} values, expected {n_frames} x {n_mels}")
+        raise RecordError(f"log_mel holds {array.size} values, expected {n_frames} x {n_mels}")
     return array.reshape(n_frames, n_mels).astype(np.float32)
+
+
+def check_schema_version(version: tf.Tensor) -> tf.Operation | None:
+    """The tf.data readers' version check: InvalidArgumentError with the found and expected versions."""
+    return tf.debugging.Assert(
+        tf.equal(version, SCHEMA_VERSION),
+        ["feature shard schema version", version, f"; this musicrep reads {SCHEMA_VERSION!r}: rerun the features job"],
+    )
+
+
+def decode_log_mel_values(raw: tf.Tensor, dtype: tf.Tensor) -> tf.Tensor:
+    """float32 values of raw little-endian log-mel bytes (any shape of `raw`; scalar `dtype`,
+    "float16" or "float32"): one more axis, the values."""
+    return tf.cond(
+        tf.equal(dtype, "float16"),
+        lambda: tf.cast(tf.io.decode_raw(raw, tf.float16, little_endian=True), tf.float32),
+        lambda: tf.io.decode_raw(raw, tf.float32, little_endian=True),
+    )
+
+
+def log_mel_itemsize(dtype: tf.Tensor) -> tf.Tensor:
+    """Bytes per stored value (int64) for the scalar `dtype` tensor."""
+    return tf.where(tf.equal(dtype, "float16"), tf.constant(2, tf.int64), tf.constant(4, tf.int64))
 
 
 def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     """tf.data parser: the stored fields plus `log_mel` as float32 [n_frames, n_mels]."""
     parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
     shape = tf.stack([parsed["n_frames"], parsed["n_mels"]])
-    values = tf.cond(
-        tf.equal(parsed["log_mel_dtype"], b"float16"),
-        lambda: tf.cast(tf.io.decode_raw(parsed["log_mel"], tf.float16, little_endian=True), tf.float32),
-        lambda: tf.io.decode_raw(parsed["log_mel"], tf.float32, little_endian=True),
-    )
-    parsed["log_mel"] = tf.reshape(values, shape)
+    with tf.control_dependencies([check_schema_version(parsed["schema_version"])]):
+        parsed["log_mel"] = tf.reshape(decode_log_mel_values(parsed["log_mel"], parsed["log_mel_dtype"]), shape)
     return parsed
 
 
 def read_shards(pattern: str, *, parallel_reads: int = 4) -> tf.data.Dataset:
-    """Reads feature shards (a glob, local or gs://) as a dataset of parsed records.
+    """Reads feature shards as a dataset of parsed records: `pattern` is the features
+    job's output directory (the files its manifest lists) or a glob, local or gs://.
 
     Each element is a dict with the keys of FEATURE_SPEC; `log_mel` is float32
     [n_frames, n_mels] and the byte fields are tf.string scalars.
     """
-    files = tf.io.gfile.glob(pattern)
-    if not files:
-        raise ConfigError(f"no feature shards match {pattern!r}")
-    dataset = tf.data.TFRecordDataset(
-        sorted(files), compression_type="GZIP", num_parallel_reads=min(parallel_reads, len(files))
-    )
+    files = resolve_files(pattern, kind=SHARD_KIND)
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=min(parallel_reads, len(files)))
     return dataset.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class DamagedShardError(MusicrepError):
+    """A shard that cannot be read to its end (truncated, corrupt)."""
+
+
+_RECORD_HEADER = struct.Struct("<QI")
+
+
+def iterate_shard_records(handle: BinaryIO) -> Iterator[bytes]:
+    """The serialized records of one gzip TFRecord shard, read from a binary file handle.
+
+    Framing and checksums are TFRecord's (length, masked CRC-32C of the length, data,
+    masked CRC-32C of the data). Raises DamagedShardError, after yielding every record
+    before the damage, with how far the shard was read and a short reason.
+    """
+    records = offset = 0
+
+    def damaged(reason: str) -> DamagedShardError:
+        return DamagedShardError(
+            f"read {records} record(s), {offset} uncompressed bytes, then: {reason[:200]}"
+        )
+
+    stream = gzip.GzipFile(fileobj=handle, mode="rb")
+    while True:
+        try:
+            header = stream.read(_RECORD_HEADER.size)
+            if not header:
+                return
+            if len(header) < _RECORD_HEADER.size:
+                raise damaged("truncated record header")
+            length, length_crc = _RECORD_HEADER.unpack(header)
+            if _masked_crc32c(header[:8]) != length_crc:
+                raise damaged("record length checksum mismatch")
+            data = stream.read(length)
+            footer = stream.read(4)
+        except (EOFError, OSError, zlib.error) as error:  # gzip's own truncation/corruption errors
+            raise damaged(f"{type(error).__name__}: {error}") from None
+        if len(data) < length or len(footer) < 4:
+            raise damaged(f"truncated record ({len(data)} of {length} bytes)")
+        if _masked_crc32c(data) != struct.unpack("<I", footer)[0]:
+            raise damaged("record data checksum mismatch")
+        yield data
+        records += 1
+        offset += _RECORD_HEADER.size + length + 4
+
+
+def _masked_crc32c(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF

@@ -1,4 +1,5 @@
-"""SF-NFNet-F0 (SPEC §2): the network, its projector, exports and the MULE weight import.
+"""SF-NFNet-F0 (SPEC §2): the network, its projector, exports, pre-training (SPEC §3) and
+the MULE weight import.
 
 Importing this package registers the custom layers, so `keras.saving.load_model` can
 read our `.keras` files.
@@ -16,6 +17,8 @@ from musicrep.model.sf_nfnet import (
     build_sf_nfnet,
     stage_activation_stats,
 )
+from musicrep.model.training import NonFiniteLossError, train
+from musicrep.model.training_config import TrainConfig, TrainResult
 
 
 def sf_nfnet_f0(config: str | SFNFNetConfig = "F0", *, frames: int | None = None) -> keras.Model:
@@ -28,8 +31,11 @@ def sf_nfnet_f0(config: str | SFNFNetConfig = "F0", *, frames: int | None = None
 
 __all__ = [
     "MIN_FRAMES",
+    "NonFiniteLossError",
     "SF_NFNET_VARIANTS",
     "SFNFNetConfig",
+    "TrainConfig",
+    "TrainResult",
     "build_sf_nfnet",
     "load",
     "projector",
@@ -37,4 +43,5 @@ __all__ = [
     "save",
     "sf_nfnet_f0",
     "stage_activation_stats",
+    "train",
 ]

@@ -7,6 +7,7 @@ import tempfile
 
 import keras
 
+from musicrep import fileio
 from musicrep.model import export, mule_import
 from musicrep.model.sf_nfnet import SF_NFNET_VARIANTS, build_sf_nfnet
 
@@ -42,7 +43,8 @@ def run(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="musicrep-mule-") as tmp:
             local = mule_import.fetch_local(args.model_keras, tmp)
-            source = f"mule-import {args.model_keras} sha256={mule_import.file_sha256(local)}"
+            with fileio.open_read(local) as handle:
+                source = f"mule-import {args.model_keras} sha256={fileio.sha256_of(handle)}"
             model = mule_import.import_mule(local)
         metadata = export.save(model, args.output, config=SF_NFNET_VARIANTS["F0"], source=source)
     print(metadata.to_json())

@@ -26,7 +26,7 @@ What it does not guarantee: a single batch is a uniform sample of the window of 
 being read (cycle_length shards + the shuffle buffer), not of the whole catalog; with
 many shards per pass and shards written in random order (the features job's default)
 the difference is immaterial. Memory is bounded by the buffers: about
-(shuffle_buffer + prefetched batches) × views × 300 × 96 × 4 bytes, plus one record per
+(shuffle_buffer + prefetched batches) × views × 300 × n_mels × 4 bytes, plus one record per
 interleaved shard.
 
 SimCLR pairs (`positive_max_distance_s`): view a starts uniformly over the valid starts;
@@ -39,7 +39,7 @@ all stages run deterministically, so the stream is a function of the seed and a
 `tf.data` iterator checkpoint restores it exactly (the shuffle buffer is part of that
 checkpoint).
 
-Elements are dicts of batched tensors: `log_mel` [B, 96, 300] float32 frequency-first
+Elements are dicts of batched tensors: `log_mel` [B, n_mels, 300] float32 frequency-first
 (`log_mel_b` too for pairs), `track_id` [B] string, `start` (and `start_b`) [B] int64
 snippet start frames, `labels` [B, K] float32 (supervised), and running counts of the
 records read so far by this pipeline: `tracks_read`, `tracks_short`, `tracks_unlabelled`
@@ -48,33 +48,51 @@ records read so far by this pipeline: `tracks_read`, `tracks_short`, `tracks_unl
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import math
-import os
 
 import numpy as np
 import tensorflow as tf
 
 from musicrep.errors import ConfigError
-from musicrep.features.config import DEFAULT_FEATURE_CONFIG
-from musicrep.features.shards import FEATURE_SPEC, LOG_MEL_DTYPES
+from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
+from musicrep.features.shards import (
+    FEATURE_SPEC,
+    SHARD_KIND,
+    check_schema_version,
+    decode_log_mel_values,
+    log_mel_itemsize,
+    parse_record,
+)
+from musicrep.labels import read_labels as read_label_table
+from musicrep.labels import split_tags
+from musicrep.manifest import resolve_files
 from musicrep.model.mixup import MIXUP_ALPHA, MIXUP_BETA, mixup
 
 logger = logging.getLogger(__name__)
 
 SNIPPET_FRAMES = 300
-N_MELS = 96
-FRAMES_PER_SECOND = DEFAULT_FEATURE_CONFIG.frames_per_second
 POSITIVE_MAX_DISTANCE_S = 5.0
 COUNT_KEYS = ("tracks_read", "tracks_short", "tracks_unlabelled")
-_KEYS = ("track_id", "log_mel", "log_mel_dtype", "n_frames", "n_mels")
+_KEYS = ("schema_version", "track_id", "log_mel", "log_mel_dtype", "n_frames", "n_mels")
 _SNIPPET_SPEC = {key: FEATURE_SPEC[key] for key in _KEYS}
-_ITEMSIZE = {"float16": 2, "float32": 4}
-assert set(_ITEMSIZE) == set(LOG_MEL_DTYPES)
 
 
-def max_start_offset(positive_max_distance_s: float, *, frames_per_second: float = FRAMES_PER_SECOND) -> int:
+def shard_files(pattern: str) -> list[str]:
+    """The shards of `pattern`: a features output directory (its manifest) or a glob."""
+    return resolve_files(pattern, kind=SHARD_KIND)
+
+
+def read_feature_config(pattern: str) -> FeatureConfig:
+    """The front end the shards of `pattern` were made with (read from their first record)."""
+    dataset = tf.data.TFRecordDataset(shard_files(pattern)[:1], compression_type="GZIP").take(1)
+    for serialized in dataset:
+        record = parse_record(serialized.numpy())
+        return FeatureConfig.from_json(record.feature_config)
+    raise ConfigError(f"the first shard of {pattern!r} holds no record")
+
+
+def max_start_offset(positive_max_distance_s: float, *, frames_per_second: float) -> int:
     """Largest |start_a − start_b| (frames) whose centres are strictly closer than the limit."""
     if positive_max_distance_s <= 0:
         raise ConfigError(f"positive_max_distance_s must be > 0, got {positive_max_distance_s}")
@@ -104,41 +122,18 @@ class Labels:
         return out
 
 
-def _split_tags(value: object) -> list[str]:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return []
-    if isinstance(value, str):
-        return [tag.strip() for tag in value.split("|") if tag.strip()]
-    return [str(tag).strip() for tag in value if str(tag).strip()]
-
-
 def read_labels(path: str, *, vocabulary: tuple[str, ...] | None = None) -> Labels:
-    """Reads `track_id` + `tags` from CSV or Parquet (by extension; local or gs://).
+    """Reads `track_id` + `tags` from a labels file (see `musicrep.labels`).
 
-    `tags` is either one string with tags separated by `|` or a list of strings. A track
-    listed with no tags is labelled all-negative; tracks absent from the file are skipped
-    by the supervised sampler (and counted). `vocabulary` fixes the label order (e.g. to
-    resume); by default it is the sorted set of tags in the file.
+    A track listed with no tags is labelled all-negative; tracks absent from the file are
+    skipped by the supervised sampler (and counted). `vocabulary` fixes the label order
+    (e.g. to resume); by default it is the sorted set of tags in the file.
     """
-    import pandas as pd
-
-    with tf.io.gfile.GFile(path, "rb") as handle:
-        payload = io.BytesIO(handle.read())  # labels are small; pyarrow wants a seekable file
-    if path.endswith((".parquet", ".pq")):
-        frame = pd.read_parquet(payload)
-    elif path.endswith((".csv", ".csv.gz")):
-        frame = pd.read_csv(
-            payload, dtype=str, keep_default_na=False, compression="gzip" if path.endswith(".gz") else None
-        )
-    else:
-        raise ConfigError(f"labels must be a .csv or .parquet file, got {path!r}")
-    missing = {"track_id", "tags"} - set(frame.columns)
-    if missing:
-        raise ConfigError(f"{path}: labels need columns track_id and tags, missing {sorted(missing)}")
-    track_ids = [str(value) for value in frame["track_id"]]
+    table = read_label_table(path, required=("track_id", "tags"))
+    track_ids = [str(value) for value in table.column("track_id").to_pylist()]
     if len(set(track_ids)) != len(track_ids):
         raise ConfigError(f"{path}: track_id values repeat")
-    tags = [_split_tags(value) for value in frame["tags"]]
+    tags = [split_tags(value) for value in table.column("tags").to_pylist()]
     if vocabulary is None:
         vocabulary = tuple(sorted({tag for row in tags for tag in row}))
     index = {tag: i for i, tag in enumerate(vocabulary)}
@@ -191,6 +186,7 @@ class SamplerConfig:
       mixup: apply mixup to each batch (and its labels).
       mixup_alpha, mixup_beta: the Beta distribution of the gains.
       draws_per_track: λ, the expected draws of each track per pass (see the module doc).
+      features: the front end of the shards (mel bands per frame, frames per second).
     """
 
     batch_size: int
@@ -205,6 +201,7 @@ class SamplerConfig:
     mixup_alpha: float = MIXUP_ALPHA
     mixup_beta: float = MIXUP_BETA
     draws_per_track: float = 1.0
+    features: FeatureConfig = DEFAULT_FEATURE_CONFIG
 
     def __post_init__(self) -> None:
         if not self.draws_per_track > 0:
@@ -214,13 +211,16 @@ class SamplerConfig:
         if self.snippet_frames < 1:
             raise ConfigError(f"snippet_frames must be ≥ 1, got {self.snippet_frames}")
         if self.positive_max_distance_s is not None:
-            max_start_offset(self.positive_max_distance_s)
+            self.max_start_offset()
         if self.cycle_length < 1:
             raise ConfigError(f"cycle_length must be ≥ 1, got {self.cycle_length}")
 
     @property
     def shuffle_buffer_size(self) -> int:
         return self.shuffle_buffer if self.shuffle_buffer is not None else max(2 * self.batch_size, 256)
+
+    def max_start_offset(self) -> int:
+        return max_start_offset(self.positive_max_distance_s, frames_per_second=self.features.frames_per_second)
 
     @property
     def stream_seed(self) -> int:
@@ -234,9 +234,14 @@ def _draw_snippets(serialized, index, *, config: SamplerConfig, table, n_labels:
     n_frames = parsed["n_frames"]
     n_mels = parsed["n_mels"]
     snippet = tf.constant(config.snippet_frames, tf.int64)
-    check = tf.debugging.assert_equal(
-        n_mels, tf.constant(N_MELS, tf.int64), message="shard record does not have 96 mel bands"
-    )
+    n_mels_expected = config.features.n_mels
+    checks = [
+        check_schema_version(parsed["schema_version"]),
+        tf.debugging.assert_equal(
+            n_mels, tf.constant(n_mels_expected, tf.int64),
+            message=f"shard record does not have the {n_mels_expected} mel bands of the first shard's front end",
+        ),
+    ]
     seeds = tf.random.experimental.stateless_split(
         tf.stack([tf.constant(config.stream_seed, tf.int64), index]), num=3
     )
@@ -261,28 +266,22 @@ def _draw_snippets(serialized, index, *, config: SamplerConfig, table, n_labels:
         if config.positive_max_distance_s is None:
             start_b = uniform_int(uniforms[:, 1], tf.zeros([draws], tf.int64), n_starts)
         else:
-            limit = tf.constant(max_start_offset(config.positive_max_distance_s), tf.int64)
+            limit = tf.constant(config.max_start_offset(), tf.int64)
             low = tf.maximum(start_a - limit, 0)
             high = tf.minimum(start_a + limit, n_starts - 1)
             start_b = uniform_int(uniforms[:, 1], low, high - low + 1)
         out["start_b"] = start_b
         starts.append(start_b)
-    is_half = tf.equal(parsed["log_mel_dtype"], "float16")
-    itemsize = tf.where(is_half, tf.constant(2, tf.int64), tf.constant(4, tf.int64))
-    bytes_per_frame = n_mels * itemsize
-    with tf.control_dependencies([check]):
+    bytes_per_frame = n_mels * log_mel_itemsize(parsed["log_mel_dtype"])
+    with tf.control_dependencies(checks):
         for key, start in zip(("log_mel", "log_mel_b"), starts):
             # Cut the snippet's bytes out of the record before decoding: a 4-minute track
             # decodes 300 frames, not 24,000.
             raw = tf.strings.substr(
                 parsed["log_mel"], start * bytes_per_frame, tf.fill([draws], snippet * bytes_per_frame)
             )
-            values = tf.cond(
-                is_half,
-                lambda raw=raw: tf.cast(tf.io.decode_raw(raw, tf.float16, little_endian=True), tf.float32),
-                lambda raw=raw: tf.io.decode_raw(raw, tf.float32, little_endian=True),
-            )
-            values = tf.reshape(values, [draws, config.snippet_frames, N_MELS])
+            values = decode_log_mel_values(raw, parsed["log_mel_dtype"])
+            values = tf.reshape(values, [draws, config.snippet_frames, n_mels_expected])
             out[key] = tf.transpose(values, [0, 2, 1])  # time-major on disk → frequency-first
     if table is not None:
         one = _multi_hot(tf.where(tf.equal(encoded, "-"), "", encoded), n_labels)
@@ -302,9 +301,7 @@ def _count(state, element):
 
 def sample_snippets(pattern: str, config: SamplerConfig, *, labels: Labels | None = None) -> tf.data.Dataset:
     """The infinite, batched snippet stream of the shards matching `pattern` (see module doc)."""
-    files = sorted(tf.io.gfile.glob(pattern))
-    if not files:
-        raise ConfigError(f"no feature shards match {pattern!r}")
+    files = shard_files(pattern)
     seed = config.stream_seed
     table = _label_table(labels) if labels is not None else None
     n_labels = labels.n_labels if labels is not None else 0

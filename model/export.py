@@ -3,8 +3,8 @@
 The sidecar says what the weights expect without loading them: `model_id` (sha256 of the
 config and every weight, so two exports with the same id compute the same function),
 the SF-NFNet config, the feature settings (FeatureConfig JSON and its sha256), the
-embedding size and the shortest input. `uri` is a local directory or any URL Beam's
-FileSystems reads (gs://, …); files are copied through a local temporary file because
+embedding size and the shortest input. `uri` is a local directory or any URL
+musicrep.fileio reads (gs://, …); files are copied through a local temporary file because
 Keras loads only from local paths.
 """
 from __future__ import annotations
@@ -20,9 +20,8 @@ from typing import Any
 
 import keras
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
+from musicrep import fileio
 from musicrep.errors import MusicrepError
 from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
 from musicrep.model import layers  # noqa: F401  (registers the custom layers for load_model)
@@ -80,19 +79,12 @@ def compute_model_id(model: keras.Model, config: SFNFNetConfig) -> str:
 
 
 def _join(uri: str, name: str) -> str:
-    return FileSystems.join(uri, name)
+    return fileio.join(uri, name)
 
 
 def _copy_out(local_path: str, uri: str) -> None:
-    with open(local_path, "rb") as source, FileSystems.create(
-        uri, compression_type=CompressionTypes.UNCOMPRESSED
-    ) as target:
+    with open(local_path, "rb") as source, fileio.open_write(uri) as target:
         shutil.copyfileobj(source, target, length=16 << 20)
-
-
-def _read_text(uri: str) -> str:
-    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return handle.read().decode()
 
 
 def save(
@@ -120,15 +112,14 @@ def save(
         model.save(local_model)
         _copy_out(local_model, _join(uri, MODEL_FILE))
     # The sidecar goes last: a directory with a sidecar is a complete export.
-    with FileSystems.create(_join(uri, SIDECAR_FILE), compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        handle.write(metadata.to_json().encode())
+    fileio.write_text(_join(uri, SIDECAR_FILE), metadata.to_json())
     logger.info("saved model %s to %s", metadata.model_id[:12], uri)
     return metadata
 
 
 def read_metadata(uri: str) -> ExportMetadata:
     """The sidecar of the export at `uri`, without loading the weights."""
-    return ExportMetadata.from_json(_read_text(_join(uri, SIDECAR_FILE)))
+    return ExportMetadata.from_json(fileio.read_text(_join(uri, SIDECAR_FILE)))
 
 
 def load(uri: str, *, verify: bool = True) -> keras.Model:
@@ -136,9 +127,7 @@ def load(uri: str, *, verify: bool = True) -> keras.Model:
     metadata = read_metadata(uri)
     with tempfile.TemporaryDirectory(prefix="musicrep-load-") as tmp:
         local_model = os.path.join(tmp, MODEL_FILE)
-        with FileSystems.open(
-            _join(uri, MODEL_FILE), compression_type=CompressionTypes.UNCOMPRESSED
-        ) as source, open(local_model, "wb") as target:
+        with fileio.open_read(_join(uri, MODEL_FILE)) as source, open(local_model, "wb") as target:
             shutil.copyfileobj(source, target, length=16 << 20)
         model = keras.saving.load_model(local_model, compile=False)
     if verify:

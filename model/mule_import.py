@@ -17,7 +17,6 @@ file of another architecture fails loudly instead of loading wrongly.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -32,9 +31,8 @@ from typing import Any
 import h5py
 import keras
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
+from musicrep import fileio
 from musicrep.errors import ConfigError
 from musicrep.model.sf_nfnet import SF_NFNET_VARIANTS, SFNFNetConfig, build_sf_nfnet
 
@@ -207,16 +205,8 @@ def import_mule(path: str) -> keras.Model:
 
 
 def fetch_local(uri: str, directory: str) -> str:
-    """Copy `uri` (any Beam filesystem) into `directory`; returns the local path."""
-    local = os.path.join(directory, os.path.basename(uri) or "model.keras")
-    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as source, open(local, "wb") as target:
+    """Copy `uri` (local or gs://) into `directory`; returns the local path."""
+    local = os.path.join(directory, fileio.basename(uri) or "model.keras")
+    with fileio.open_read(uri) as source, open(local, "wb") as target:
         shutil.copyfileobj(source, target, length=16 << 20)
     return local
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(16 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

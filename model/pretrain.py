@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import sys
 
-from musicrep.errors import MusicrepError
+from musicrep.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -80,15 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig the options describe (with --resume: the one stored in --output)."""
-    from musicrep.model.training import TrainConfig
+    from musicrep.model.training_config import TrainConfig
 
     if args.resume:
         stored = TrainConfig.load(args.output)
         if stored.objective != args.objective:
-            raise MusicrepError(f"{args.output} is a {stored.objective} run, not {args.objective}")
+            raise ConfigError(f"{args.output} is a {stored.objective} run, not {args.objective}")
         return stored
     if not args.features:
-        raise MusicrepError("--features is required (unless --resume)")
+        raise ConfigError("--features is required (unless --resume)")
     return TrainConfig(
         objective=args.objective,
         features=args.features,
@@ -117,14 +117,10 @@ def run(argv: list[str] | None = None) -> int:
     """Entry point of `musicrep pretrain`; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = config_from_args(args)
-        from musicrep.model.training import train
+    config = config_from_args(args)
+    from musicrep.model.training import train
 
-        result = train(config, resume=args.resume, progress=args.progress)
-    except MusicrepError as error:
-        print(f"musicrep pretrain: {error}", file=sys.stderr)
-        return 2
+    result = train(config, resume=args.resume, progress=args.progress)
     summary = dataclasses.asdict(result)
     print(" ".join(f"{key}={value}" for key, value in summary.items()))
     return 0

@@ -1,4 +1,5 @@
-"""The learning-rate schedule of SPEC §3: linear warm-up from 0, then cosine decay to 0.
+"""The optimizer of SPEC §3 and of the probes: Adam's constants and the learning-rate
+schedule, linear warm-up from 0, then cosine decay to 0.
 
 Built from Keras' `CosineDecay` (initial 0, `warmup_target` = peak, `warmup_steps`), which
 rebuilds from its `get_config`, so the optimizer checkpoint and config round-trip as is:
@@ -15,6 +16,10 @@ import keras
 
 from musicrep.errors import ConfigError
 
+# Adam's constants (Keras' defaults, which the reference pre-training and probes use).
+ADAM_BETA_1 = 0.9
+ADAM_BETA_2 = 0.999
+ADAM_EPSILON = 1e-7
 PEAK_LR = 2e-4
 WARMUP_STEPS = 5_000
 TOTAL_STEPS = 200_000

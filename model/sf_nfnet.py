@@ -20,6 +20,7 @@ from typing import Any
 import keras
 
 from musicrep.errors import ConfigError
+from musicrep.features.config import DEFAULT_FEATURE_CONFIG
 from musicrep.model import signal
 from musicrep.model.layers import (
     ScalarGain,
@@ -32,7 +33,9 @@ from musicrep.model.layers import (
 
 logger = logging.getLogger(__name__)
 
-N_MELS = 96
+# The network takes the bands of the front end it was trained on (FeatureConfig owns the
+# number); the released weights' kernel shapes fix it at the default's 96.
+N_MELS = DEFAULT_FEATURE_CONFIG.n_mels
 # (freq, time) kernels and strides of the stems; the first layer integrates the input striding.
 SLOW_STEM = (((3, 1), (2, 8)), ((3, 1), (1, 1)), ((3, 1), (1, 1)), ((3, 3), (2, 2)))
 FAST_STEM = (((3, 3), (2, 2)), ((3, 3), (1, 1)), ((3, 3), (1, 1)), ((3, 3), (2, 2)))

@@ -4,15 +4,15 @@
     musicrep features --input manifest.csv --output /data/features --shards 64
 
 Every input ends in exactly one of two outputs: a `tf.train.Example` in
-DIR/features-SSSSS-of-NNNNN.tfrecord.gz (schema: musicrep.features.shards), or a line
-in DIR/errors-SSSSS-of-NNNNN.jsonl saying which stage failed and why.
+DIR/features-RUN_ID-SSSSS-of-NNNNN.tfrecord.gz (schema: musicrep.features.shards), or a
+line in DIR/errors-RUN_ID-SSSSS-of-NNNNN.jsonl saying which stage failed and why.
+DIR/_MANIFEST.json lists the files of the last committed run (musicrep.pipelines.commit).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import glob
-import hashlib
 import logging
 import os
 import re
@@ -24,23 +24,20 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from musicrep import fileio
 from musicrep.errors import ConfigError
 from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
-from musicrep.features.shards import FeatureRecord, serialize_record
+from musicrep.features.shards import SHARD_KIND, FeatureRecord, serialize_record
+from musicrep.manifest import MANIFEST_NAME
+from musicrep.pipelines import commit
 from musicrep.pipelines.options import METRICS_NAMESPACE, counter_values, make_pipeline_options
-from musicrep.pipelines.outputs import (
-    ERRORS_PREFIX,
-    SHARD_TEMPLATE,
-    ReplaceStaleOutputs,
-    WriteDeadLetters,
-    error_record,
-)
+from musicrep.pipelines.outputs import ERRORS_PREFIX, SHARD_TEMPLATE, WriteDeadLetters, error_record
 
 logger = logging.getLogger(__name__)
 
-SHARD_PREFIX = "features"
+SHARD_PREFIX = SHARD_KIND
+OUTPUT_PREFIXES = (SHARD_PREFIX, ERRORS_PREFIX)
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_HASH_CHUNK_BYTES = 8 << 20
 _PROGRESS_EVERY_S = 10.0
 
 
@@ -170,12 +167,13 @@ class ComputeLogMel(beam.DoFn):
 
     def process(self, element: tuple[str, str], existing: dict[str, str] | None = None) -> Iterator:
         track_id, uri = element
+        commit.pause_at(f"track:{track_id}")
         started = time.perf_counter()
         self._read.inc()
         stage = "read"
         try:
             with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-                content_sha256 = _sha256(handle)
+                content_sha256 = fileio.sha256_of(handle)
                 if existing and existing.get(track_id) == content_sha256:
                     self._skipped.inc()
                     yield beam.pvalue.TaggedOutput("skipped", (track_id, uri))
@@ -216,13 +214,6 @@ class ComputeLogMel(beam.DoFn):
             self._last_progress = now
 
 
-def _sha256(handle) -> str:
-    digest = hashlib.sha256()
-    while chunk := handle.read(_HASH_CHUNK_BYTES):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
 class ExtractLogMel(beam.PTransform):
     """(track_id, uri) pairs → {"features": FeatureRecords, "errors": dead letters,
     "skipped": (track_id, uri) of tracks `existing` already covers}.
@@ -260,21 +251,20 @@ def build_pipeline(
     dtype: str = "float16",
     config: FeatureConfig = DEFAULT_FEATURE_CONFIG,
 ) -> None:
-    """The features job: list → group by track id → decode + log-mel → shards + errors."""
+    """The features job: list → group by track id → decode + log-mel → shards + errors,
+    and the number of each (for the commit) written next to them in `output_dir`."""
     results = pipeline | "ListTracks" >> ListTracks(source) | "ExtractLogMel" >> ExtractLogMel(config)
-    shards = (
-        results["features"]
-        | "Serialize" >> beam.Map(serialize_record, dtype=dtype)
-        | "WriteShards" >> beam.io.WriteToTFRecord(
+    serialized = results["features"] | "Serialize" >> beam.Map(serialize_record, dtype=dtype)
+    _ = serialized | "WriteShards" >> beam.io.WriteToTFRecord(
         FileSystems.join(output_dir, SHARD_PREFIX),
         file_name_suffix=".tfrecord.gz",
         num_shards=num_shards,
         shard_name_template=SHARD_TEMPLATE,
         compression_type=CompressionTypes.GZIP,
-        )
     )
-    errors = results["errors"] | "WriteErrors" >> WriteDeadLetters(output_dir)
-    _ = (shards, errors) | "ReplaceStaleOutputs" >> ReplaceStaleOutputs(output_dir, (SHARD_PREFIX, ERRORS_PREFIX))
+    _ = results["errors"] | "WriteErrors" >> WriteDeadLetters(output_dir)
+    _ = serialized | "CountShardRecords" >> commit.WriteTotal(output_dir, SHARD_PREFIX)
+    _ = results["errors"] | "CountErrors" >> commit.WriteTotal(output_dir, ERRORS_PREFIX)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -306,27 +296,35 @@ def run(argv: list[str] | None = None) -> int:
     check_source(args.input)
     options = make_pipeline_options(beam_args)
     started = time.perf_counter()
+    staged = commit.start_run(args.output)
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, source=args.input, output_dir=args.output, num_shards=args.shards, dtype=args.dtype)
+    build_pipeline(pipeline, source=args.input, output_dir=staged.staging_dir, num_shards=args.shards, dtype=args.dtype)
     result = pipeline.run()
-    result.wait_until_finish()
-    counters = counter_values(result)
+    commit.wait_for_success(result)
+    manifest = commit.commit(staged, job="features", prefixes=OUTPUT_PREFIXES, settings=vars(args))
     elapsed_s = time.perf_counter() - started
-    print(summary(counters, output_dir=args.output, elapsed_s=elapsed_s))
+    print(summary(manifest, counter_values(result), output_dir=args.output, elapsed_s=elapsed_s))
     return 0
 
 
-def summary(counters: dict[str, int], *, output_dir: str, elapsed_s: float) -> str:
-    read, written, failed = (counters.get(k, 0) for k in ("tracks_read", "tracks_written", "tracks_failed"))
-    audio_s = counters.get("audio_seconds", 0)
+def summary(manifest: dict, counters: dict[str, int], *, output_dir: str, elapsed_s: float) -> str:
+    """Track counts from the commit (what the files hold); audio seconds from the
+    counters where the runner reports them."""
+    written, failed = (manifest["counts"].get(k, 0) for k in (SHARD_PREFIX, ERRORS_PREFIX))
+    audio = ""
+    if "audio_seconds" in counters:
+        audio_s = counters["audio_seconds"]
+        audio = f"{audio_s} s of audio, {audio_s / max(elapsed_s, 1e-9):.0f}x real time, "
     return "\n".join(
         [
-            f"features: {read} tracks read, {written} written, {failed} failed, "
-            f"{audio_s} s of audio in {elapsed_s:.1f} s ({audio_s / max(elapsed_s, 1e-9):.0f}x real time)",
-            f"  shards: {FileSystems.join(output_dir, SHARD_PREFIX)}-*-of-*.tfrecord.gz "
+            f"features: {written + failed} tracks read, {written} written, {failed} failed, "
+            f"{audio}{elapsed_s:.1f} s; run {manifest['run_id']}",
+            f"  shards: {FileSystems.join(output_dir, SHARD_PREFIX)}-{manifest['run_id']}-*-of-*.tfrecord.gz "
             "(one tf.train.Example per track: track_id, uri, content_sha256, log_mel [n_frames, 96], ...)",
-            f"  errors: {FileSystems.join(output_dir, ERRORS_PREFIX)}-*-of-*.jsonl "
+            f"  errors: {FileSystems.join(output_dir, ERRORS_PREFIX)}-{manifest['run_id']}-*-of-*.jsonl "
             "(one JSON line per input that failed: uri, track_id, stage, error_type, message)",
+            f"  manifest: {FileSystems.join(output_dir, MANIFEST_NAME)} (the committed files; "
+            "readers given the directory follow it)",
         ]
     )
 

@@ -1,13 +1,15 @@
 """RunInference model handler for musicrep exports: one element = one track's windows.
 
 Beam's stock TensorFlow handler mis-loads Keras 3 models (and imports tensorflow_hub),
-so this small handler loads `musicrep.model.load(uri)` once per worker process (or once
-per machine with --large-model), batches windows *across* tracks to a fixed batch size
-and averages them per track. Windows are cut inside the handler from the track's
-log-mel, so no per-window tensor is ever shuffled between workers.
+so this small handler loads the export through `musicrep.model.engines` (TensorFlow or
+OpenVINO, fp32 or bf16, as an InferenceSpec says) once per worker process (or once per
+machine with --large-model), batches windows *across* tracks to a fixed batch size and
+returns them per track. Windows are cut inside the handler from the track's log-mel, so
+no per-window tensor is ever shuffled between workers.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 from typing import Any, Iterable, Iterator, Sequence
@@ -15,7 +17,9 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from musicrep.errors import ConfigError
 from musicrep.features.windows import cut_windows
+from musicrep.model.engines import ENGINES, PRECISIONS, check_names
 
 logger = logging.getLogger(__name__)
 
@@ -34,85 +38,110 @@ class TrackWindows:
     window_frames: int
 
 
+@dataclasses.dataclass(frozen=True)
+class InferenceSpec:
+    """How the model runs. `engine` and `precision` are written into every output row.
+
+    Attributes:
+        batch_size: windows per model call (the last batch of a bundle is zero-padded).
+        engine: "tf" or "openvino" (musicrep.model.engines).
+        precision: "fp32" or "bf16"; bf16 needs bf16 hardware on the worker (AMX or
+            AVX-512 BF16 on a CPU; a GPU with engine "tf") and is refused elsewhere.
+        large_model: one model per machine shared by its worker processes (GPU workers).
+        model_copies: with large_model, copies per machine (default 1).
+        cpu_threads: threads of one model on a CPU worker (default: the engine's).
+        jit_compile: engine "tf" only: XLA-compile the forward.
+    """
+
+    batch_size: int = 32
+    engine: str = "tf"
+    precision: str = "fp32"
+    large_model: bool = False
+    model_copies: int | None = None
+    cpu_threads: int | None = None
+    jit_compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        check_names(engine=self.engine, precision=self.precision)
+        if self.jit_compile and self.engine != "tf":
+            raise ConfigError(f"jit_compile is a TensorFlow option; engine is {self.engine!r}")
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """--engine and --precision, for the jobs that run the model (embed, reembed)."""
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=InferenceSpec.engine,
+        help=f"inference engine (default {InferenceSpec.engine}; recorded in every row)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=InferenceSpec.precision,
+        help="fp32, or bf16 on workers with bf16 units (AMX or AVX-512 BF16 CPUs; GPUs with --engine tf); "
+        "refused elsewhere. Recorded in every row.",
+    )
+
+
 def iterate_batches(
     tracks: Sequence[TrackWindows], batch_size: int
 ) -> Iterator[tuple[int, np.ndarray, list[tuple[int, int]]]]:
     """Yields (window length, windows [b, n_mels, w], [(track index, window index)]).
 
     Windows of several tracks share a batch; tracks with another window length (tracks
-    shorter than one window) are batched among themselves.
+    shorter than one window) are batched among themselves. Each track's windows are cut
+    once, in one array per length; batches are views of it.
     """
     by_length: dict[int, list[int]] = {}
     for index, track in enumerate(tracks):
         by_length.setdefault(track.window_frames, []).append(index)
     for length, indices in by_length.items():
         owners = [(i, j) for i in indices for j in range(len(tracks[i].starts))]
+        windows = np.concatenate([cut_windows(tracks[i].log_mel, tracks[i].starts, length) for i in indices])
         for begin in range(0, len(owners), batch_size):
-            chunk = owners[begin : begin + batch_size]
-            windows = np.stack(
-                [cut_windows(tracks[i].log_mel, tracks[i].starts[j : j + 1], length)[0] for i, j in chunk]
-            )
-            yield length, windows, chunk
+            yield length, windows[begin : begin + batch_size], owners[begin : begin + batch_size]
 
 
 class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
-    """Loads a musicrep export and embeds TrackWindows elements."""
+    """Loads a musicrep export as `spec` says and embeds TrackWindows elements."""
 
-    def __init__(
-        self,
-        model_uri: str,
-        *,
-        batch_size: int = 32,
-        max_tracks_per_batch: int = 16,
-        large_model: bool = False,
-        model_copies: int | None = None,
-        jit_compile: bool = False,
-        cpu_threads: int | None = None,
-    ):
+    def __init__(self, model_uri: str, spec: InferenceSpec = InferenceSpec(), *, max_tracks_per_batch: int = 16):
         super().__init__()
         self._model_uri = model_uri
-        self._batch_size = batch_size
+        self._spec = spec
         self._max_tracks = max_tracks_per_batch
-        self._large_model = large_model
-        self._model_copies = model_copies
-        self._jit_compile = jit_compile
-        self._cpu_threads = cpu_threads
 
-    def load_model(self) -> Any:
-        import tensorflow as tf
+    @property
+    def spec(self) -> InferenceSpec:
+        return self._spec
 
-        import musicrep.model
+    def load_model(self) -> "LoadedModel":
+        from musicrep.model.engines import load_embedder
 
-        gpus = tf.config.list_physical_devices("GPU")
-        # Grow GPU memory on demand: several handlers (or a decoder) may share a GPU.
-        for gpu in gpus:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        if not gpus and self._cpu_threads:
-            try:
-                tf.config.threading.set_intra_op_parallelism_threads(self._cpu_threads)
-                tf.config.threading.set_inter_op_parallelism_threads(self._cpu_threads)
-            except RuntimeError:  # the runtime already started in this process: keep its pools
-                logger.warning("TensorFlow already initialised; cannot limit it to %d threads", self._cpu_threads)
-        model = musicrep.model.load(self._model_uri)
-        # One traced graph per window length: batches are padded to batch_size below,
-        # so the last, partial batch of a bundle does not retrace.
-        forward = tf.function(
-            lambda windows: model(windows, training=False),
-            jit_compile=self._jit_compile,
-            reduce_retracing=True,
+        spec = self._spec
+        embedder = load_embedder(
+            self._model_uri,
+            engine=spec.engine,
+            precision=spec.precision,
+            cpu_threads=spec.cpu_threads,
+            jit_compile=spec.jit_compile,
         )
-        return _LoadedModel(model=model, forward=forward)
+        return LoadedModel(embedder=embedder, batch_size=spec.batch_size)
 
     def run_inference(
-        self, batch: Sequence[TrackWindows], model: "_LoadedModel", inference_args: dict | None = None
+        self, batch: Sequence[TrackWindows], model: "LoadedModel", inference_args: dict | None = None
     ) -> Iterable[PredictionResult]:
-        rows: list[dict[int, np.ndarray]] = [{} for _ in batch]
-        for _, windows, owners in iterate_batches(batch, self._batch_size):
-            for (i, j), row in zip(owners, model.embed(windows, self._batch_size)):
-                rows[i][j] = row
-        for track, by_window in zip(batch, rows):
+        rows: list[list[np.ndarray]] = [[] for _ in batch]
+        for _, windows, owners in iterate_batches(batch, self._spec.batch_size):
+            # Owners come in window order within each track, so appending keeps that order.
+            for (i, _), row in zip(owners, model.embed(windows)):
+                rows[i].append(row)
+        for track, track_rows in zip(batch, rows):
             # inference: per-window embeddings [n_windows, d], in window order.
-            yield PredictionResult(example=track, inference=np.stack([by_window[j] for j in range(len(track.starts))]))
+            yield PredictionResult(example=track, inference=np.stack(track_rows))
 
     def batch_elements_kwargs(self) -> dict:
         # Elements are whole tracks (tens to hundreds of windows each): batching a few
@@ -120,24 +149,26 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
         return {"min_batch_size": 1, "max_batch_size": self._max_tracks}
 
     def share_model_across_processes(self) -> bool:
-        return self._large_model
+        return self._spec.large_model
 
     def model_copies(self) -> int:
-        return self._model_copies or 1
+        return self._spec.model_copies or 1
 
     def get_metrics_namespace(self) -> str:
         return "musicrep"
 
 
 @dataclasses.dataclass
-class _LoadedModel:
-    model: Any
-    forward: Any
+class LoadedModel:
+    """An engine's embedder run at a fixed batch size (one compiled shape per window length)."""
 
-    def embed(self, windows: np.ndarray, batch_size: int) -> np.ndarray:
-        """Embeddings [n, d] of windows [n, n_mels, w], run in padded batches."""
+    embedder: Any
+    batch_size: int
+
+    def embed(self, windows: np.ndarray) -> np.ndarray:
+        """Embeddings [n, d] of windows [n, n_mels, w], n ≤ batch_size, padded to the batch size."""
         n = windows.shape[0]
-        if n < batch_size:
-            pad = np.zeros((batch_size - n, *windows.shape[1:]), windows.dtype)
+        if n < self.batch_size:
+            pad = np.zeros((self.batch_size - n, *windows.shape[1:]), windows.dtype)
             windows = np.concatenate([windows, pad])
-        return np.asarray(self.forward(windows))[:n]
+        return self.embedder(np.ascontiguousarray(windows))[:n]

@@ -1,180 +1,421 @@
-"""Scheduled re-embedding: keep a store of one current embedding per catalog track.
+"""Scheduled re-embedding into a store that is a Delta Lake table (musicrep.store).
 
-    musicrep reembed --catalog 'gs://b/catalog/**/*.mp3' --model gs://b/models/f0 --store gs://b/store
+    musicrep reembed --catalog 'gs://b/catalog/**' --model gs://b/models/f0 --store gs://b/store
 
-Store layout:
-  STORE/current/embeddings-*.parquet   one row per track (the embed job's schema)
-  STORE/current/errors-*.jsonl         tracks of the last run that could not be embedded
-  STORE/runs.jsonl                     one JSON line per run: when, model, counts, changed
+The launcher lists the catalog (size, mtime and, on GCS, generation/crc32c/md5 of every
+object: no audio is read), compares the listing with the table's index columns
+(musicrep.store.changes) and writes what the run must do into STORE/_staging/RUN_ID/:
+`compute.parquet` (objects to read: new, changed, stale) and `rewrite.parquet` (rows of
+existing data files that the run supersedes or deletes). The Beam pipeline then
 
-Each run is the fused embed job (audio → log-mel → model) with --skip-existing on the
-current rows: only tracks that are new, whose bytes changed, or that an older model or
-front end embedded are computed; unchanged rows are carried over as they are. The new
-set is written to STORE/staging-RUN/ and replaces current/ only when it differs, so a
-run over an unchanged catalog computes nothing and leaves current/ byte-for-byte as it
-was (runs.jsonl still gains a line saying so). Tracks gone from the catalog leave the
-store with the next run that changes anything.
+- reads and hashes the objects to compute; a changed object whose hash equals its row's
+  keeps its embedding (no decode, no model call), the others go through log-mel and the
+  model (the `compute` transform: EmbedAudio in the real job);
+- writes the new rows as fresh Parquet files into STORE/data/RUN_ID/part-*.parquet
+  (about ROWS_PER_FILE rows each, one file per hash bucket of track ids) and the dead
+  letters into STORE/_errors/RUN_ID/errors.jsonl;
+- rewrites each data file holding superseded or deleted rows into
+  STORE/data/RUN_ID/rewrite-*.parquet without them (Delta deletes are copy-on-write).
+
+It deletes and renames nothing. After it succeeded, the launcher commits all of it in ONE
+Delta transaction (musicrep.store.table.commit) whose commit info records the run. A run
+that finds nothing to do starts no pipeline and commits nothing; a run killed at any
+moment leaves the table as it was (its files are not in the log; `musicrep store vacuum`
+removes them).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
+import io
 import json
 import logging
-import os
+import math
 import time
+import zlib
+from typing import Callable, Iterator
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
-from musicrep.errors import ConfigError
-from musicrep.pipelines import embed, schema
-from musicrep.pipelines.features import check_source
-from musicrep.pipelines.options import counter_values, threads_per_worker
+from musicrep import fileio
+from musicrep.pipelines import commit as run_commit
+from musicrep.pipelines.embed import embed_pipeline_options
+from musicrep.pipelines.embed_transforms import EmbedTracks
+from musicrep.pipelines.features import ExtractLogMel
+from musicrep.features.windows import WindowSpec
+from musicrep.pipelines.inference import EmbeddingModelHandler, InferenceSpec
+from musicrep.pipelines.options import METRICS_NAMESPACE
+from musicrep.pipelines.settings import add_model_arguments, inference_spec, window_spec
 from musicrep.pipelines.outputs import ERRORS_PREFIX
+from musicrep.store import changes, table
 
 logger = logging.getLogger(__name__)
 
-CURRENT = "current"
-RUNS_FILE = "runs.jsonl"
+ERRORS_DIR = "_errors"
+COMPUTE_MANIFEST = "compute.parquet"
+REWRITE_MANIFEST = "rewrite.parquet"
+CONTENT_UNCHANGED = "content_unchanged"  # track ids whose bytes hashed as before
+PART_PREFIX = "part"
+REWRITE_PREFIX = "rewrite"
 
 
-def _files(directory: str, prefix: str) -> list[str]:
-    pattern = FileSystems.join(directory, f"{prefix}-*-of-*")
-    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+class EmbedAudio(beam.PTransform):
+    """{"tracks": (track_id, uri), "known": (track_id, content_sha256)} →
+    {"rows": embedding rows, "errors": dead letters, "unchanged": track ids whose bytes
+    hash to the known value (not decoded)}: decode + log-mel + model."""
+
+    def __init__(self, *, metadata, windows: WindowSpec, handler: EmbeddingModelHandler):
+        super().__init__()
+        self._metadata = metadata
+        self._windows = windows
+        self._handler = handler
+
+    def expand(self, inputs):
+        extracted = inputs["tracks"] | "ExtractLogMel" >> ExtractLogMel(self._metadata.features, existing=inputs["known"])
+        embedded = extracted["features"] | "EmbedTracks" >> EmbedTracks(
+            metadata=self._metadata, windows=self._windows, handler=self._handler
+        )
+        errors = (extracted["errors"], embedded["errors"]) | "AllErrors" >> beam.Flatten()
+        unchanged = extracted["skipped"] | "UnchangedIds" >> beam.Map(lambda pair: pair[0])
+        return {"rows": embedded["rows"], "errors": errors, "unchanged": unchanged}
 
 
-def _count_rows(paths: list[str]) -> int:
-    total = 0
-    for path in paths:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
+class WriteLines(beam.PTransform):
+    """Strings → one text file at `path` (one per line), written by one worker with a
+    whole-object write; nothing when there are none. Unlike Beam's text sink it needs no
+    rename on finalisation (GCS emulators lack the batch API Beam renames with)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+
+    def expand(self, lines):
+        return (
+            lines
+            | "OneKey" >> beam.Map(lambda line: (None, line))
+            | "Gather" >> beam.GroupByKey()
+            | "Write" >> beam.Map(_write_lines, self._path)
+        )
 
 
-def _replace_current(store: str, staging: str) -> None:
-    current = FileSystems.join(store, CURRENT)
-    old = _files(current, schema.EMBEDDINGS_PREFIX) + _files(current, ERRORS_PREFIX)
-    if old:
-        FileSystems.delete(old)
-    new = _files(staging, schema.EMBEDDINGS_PREFIX) + _files(staging, ERRORS_PREFIX)
-    if not FileSystems.exists(current):
-        FileSystems.mkdirs(current)  # local disks; object stores have no directories
-    FileSystems.rename(new, [FileSystems.join(current, FileSystems.split(path)[1]) for path in new])
+def _write_lines(keyed_lines, path: str) -> str:
+    _, lines = keyed_lines
+    fileio.write_text(path, "".join(f"{line}\n" for line in sorted(lines)))
+    return path
 
 
-def _remove_directory(directory: str) -> None:
-    leftovers = [m.path for m in FileSystems.match([FileSystems.join(directory, "*")])[0].metadata_list]
-    if leftovers:
-        FileSystems.delete(leftovers)
-    if FileSystems.get_scheme(directory) is None and os.path.isdir(directory):
-        os.rmdir(directory)  # object stores have no empty directories to remove
+class WriteDataFile(beam.DoFn):
+    """(file number, rows) → RUN_DIR/part-NNNNN-of-MMMMM.parquet, rows sorted by track id.
+
+    Rows are assigned to files by a hash of the track id, so each file holds about
+    ROWS_PER_FILE rows whatever the runner's bundles (Beam's Parquet sink shards batches
+    of rows, not rows); the fixed name makes a retried bundle write the same file again."""
+
+    def __init__(self, *, run_dir: str, arrow_schema: pa.Schema, num_files: int):
+        self._run_dir = run_dir
+        self._schema = arrow_schema
+        self._num_files = num_files
+        self._written = Metrics.counter(METRICS_NAMESPACE, "tracks_written")
+
+    def process(self, element) -> Iterator[str]:
+        number, rows = element
+        rows = sorted(rows, key=lambda row: row["track_id"])
+        target = fileio.join(self._run_dir, f"{PART_PREFIX}-{number:05d}-of-{self._num_files:05d}.parquet")
+        fileio.write_bytes(target, _parquet_bytes(pa.Table.from_pylist(rows, schema=self._schema)))
+        self._written.inc(len(rows))
+        yield target
 
 
-def _append_run(store: str, run: dict) -> None:
-    # Object stores cannot append: rewrite the (small) manifest with the new line.
-    path = FileSystems.join(store, RUNS_FILE)
-    previous = b""
-    if FileSystems.exists(path):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            previous = handle.read()
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        handle.write(previous + (json.dumps(run, sort_keys=True) + "\n").encode())
+class RewriteDataFile(beam.DoFn):
+    """(data file, its superseded rows) → a copy without the rows that go, written to
+    DATA_DIR/rewrite-<hash of the path>.parquet (a fixed name: a retried bundle writes the
+    same file again). Rows whose bytes hashed as before stay, with the listing's source
+    columns. A file with nothing to change is not rewritten."""
+
+    def __init__(self, *, store: str, run_dir: str, arrow_schema: pa.Schema):
+        self._store = store
+        self._run_dir = run_dir
+        self._schema = arrow_schema
+        self._rewritten = Metrics.counter(METRICS_NAMESPACE, "files_rewritten")
+
+    def process(self, element, unchanged: dict[str, bool]) -> Iterator[str]:
+        data_file, entries = element
+        entries = {entry["track_id"]: entry for entry in entries}
+        drop = {
+            track_id
+            for track_id, entry in entries.items()
+            if not entry["keep_if_unchanged"] or track_id not in unchanged
+        }
+        with fileio.open_read(table.data_uri(self._store, data_file)) as handle:
+            original = pq.read_table(handle)
+        sources = {row["track_id"]: row for row in original.select(["track_id", *table.SOURCE_COLUMNS]).to_pylist()}
+        refresh = {
+            track_id: entry
+            for track_id, entry in entries.items()
+            if track_id not in drop and any(sources.get(track_id, {}).get(n) != entry[n] for n in table.SOURCE_COLUMNS)
+        }
+        if not drop and not refresh:  # every row stays as it is
+            return
+        kept = original.filter(pc.invert(pc.is_in(original["track_id"], pa.array(sorted(drop), pa.string()))))
+        kept = _with_sources(kept, refresh).select(self._schema.names).cast(self._schema)
+        target = fileio.join(self._run_dir, rewrite_name(data_file))
+        fileio.write_bytes(target, _parquet_bytes(kept))
+        self._rewritten.inc()
+        yield target
 
 
-def read_runs(store: str) -> list[dict]:
-    """The store's run manifest, oldest first."""
-    path = FileSystems.join(store, RUNS_FILE)
-    if not FileSystems.exists(path):
-        return []
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return [json.loads(line) for line in handle.read().decode().splitlines() if line.strip()]
+def rewrite_name(data_file: str) -> str:
+    return f"{REWRITE_PREFIX}-{hashlib.sha1(data_file.encode()).hexdigest()[:20]}.parquet"
+
+
+def _with_sources(rows: pa.Table, refresh: dict[str, dict]) -> pa.Table:
+    if not refresh:
+        return rows
+    track_ids = rows["track_id"].to_pylist()
+    for name in table.SOURCE_COLUMNS:
+        old = rows[name].to_pylist()
+        new = [refresh[t][name] if t in refresh else value for t, value in zip(track_ids, old)]
+        rows = rows.set_column(rows.schema.get_field_index(name), rows.schema.field(name), pa.array(new, rows.schema.field(name).type))
+    return rows
+
+
+def _with_source_columns(joined) -> Iterator[dict]:
+    _, groups = joined
+    for row in groups["rows"]:
+        source = groups["listing"][0]
+        yield {**row, **{name: source[name] for name in table.SOURCE_COLUMNS}}
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    *,
+    store: str,
+    run_id: str,
+    compute: beam.PTransform,
+    arrow_schema: pa.Schema,
+    num_files: int,
+) -> None:
+    """The reembed job over the manifests in STORE/_staging/RUN_ID/ (see the module doc)."""
+    staging = fileio.join(store, run_commit.STAGING_DIR, run_id)
+    run_dir = fileio.join(store, table.DATA_DIR, run_id)
+    listing = pipeline | "ReadComputeManifest" >> beam.io.ReadFromParquet(fileio.join(staging, COMPUTE_MANIFEST))
+    tracks = listing | "TrackUris" >> beam.Map(lambda row: (row["track_id"], row["uri"]))
+    known = listing | "KnownHashes" >> beam.FlatMap(
+        lambda row: [(row["track_id"], row["known_sha256"])] if row["known_sha256"] else []
+    )
+    computed = {"tracks": tracks, "known": known} | "Compute" >> compute
+    rows = (
+        {
+            "rows": computed["rows"] | "KeyRows" >> beam.Map(lambda row: (row["track_id"], row)),
+            "listing": listing | "KeyListing" >> beam.Map(lambda row: (row["track_id"], row)),
+        }
+        | "JoinListing" >> beam.CoGroupByKey()
+        | "AddSourceColumns" >> beam.FlatMap(_with_source_columns)
+    )
+    _ = (
+        rows
+        | "AssignDataFile" >> beam.Map(lambda row: (zlib.crc32(row["track_id"].encode()) % num_files, row))
+        | "GroupByDataFile" >> beam.GroupByKey()
+        | "WriteDataFiles" >> beam.ParDo(WriteDataFile(run_dir=run_dir, arrow_schema=arrow_schema, num_files=num_files))
+    )
+    _ = (
+        computed["errors"]
+        | "ErrorsToJson" >> beam.Map(lambda record: json.dumps(record, ensure_ascii=False, sort_keys=True))
+        | "WriteErrors" >> WriteLines(fileio.join(store, ERRORS_DIR, run_id, f"{ERRORS_PREFIX}.jsonl"))
+    )
+    unchanged = computed["unchanged"]
+    _ = unchanged | "WriteUnchanged" >> WriteLines(fileio.join(staging, f"{CONTENT_UNCHANGED}.txt"))
+    _ = (
+        pipeline
+        | "ReadRewriteManifest" >> beam.io.ReadFromParquet(fileio.join(staging, REWRITE_MANIFEST))
+        | "KeyByDataFile" >> beam.Map(lambda row: (row[table.DATA_FILE], row))
+        | "GroupRowsByDataFile" >> beam.GroupByKey()
+        | "RewriteDataFiles" >> beam.ParDo(
+            RewriteDataFile(store=store, run_dir=run_dir, arrow_schema=arrow_schema),
+            unchanged=beam.pvalue.AsDict(unchanged | "AsKeys" >> beam.Map(lambda track_id: (track_id, True))),
+        )
+    )
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="musicrep reembed",
-        description="Incrementally re-embed a catalog into a store: only new or changed tracks "
-        "(content, model or front end) are computed. Options not listed here go to Beam.",
+        description="Incrementally re-embed a catalog into a Delta Lake store: only new, changed "
+        "(size/mtime/generation) or stale (model, front end, window settings, engine, precision) tracks are read and "
+        "embedded; one Delta commit per run. Options not listed here go to Beam.",
     )
-    parser.add_argument("--catalog", required=True, help="glob of audio files or a track_id,uri manifest")
+    parser.add_argument("--catalog", required=True, help="glob of audio files (local or gs://)")
     parser.add_argument("--model", required=True, help="model export directory (local or gs://)")
-    parser.add_argument("--store", required=True, help="store directory (local or gs://)")
-    parser.add_argument("--batch-size", type=int, default=32, help="windows per model call (default 32)")
-    parser.add_argument("--shards", type=int, default=0, help="Parquet files of the store (default: the runner decides)")
-    parser.add_argument("--large-model", action="store_true", help="one model per machine (GPU workers)")
+    parser.add_argument("--store", required=True, help="the store: a Delta table directory (local or gs://)")
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--verify-content",
+        action="store_true",
+        help="read and hash every object, not only new or changed ones (for untrusted object metadata)",
+    )
+    parser.add_argument(
+        "--storage-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="delta-rs object-store option for the store (repeatable; GCS uses Application Default Credentials)",
+    )
     return parser.parse_known_args(argv)
 
 
-def run(argv: list[str] | None = None) -> int:
-    args, beam_args = parse_args(argv)
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    check_source(args.catalog)
-    started_at = datetime.datetime.now(datetime.timezone.utc)
-    run_id = started_at.strftime("%Y%m%dT%H%M%S%fZ")
-    current = FileSystems.join(args.store, CURRENT)
-    staging = FileSystems.join(args.store, f"staging-{run_id}")
-    current_files = _files(current, schema.EMBEDDINGS_PREFIX)
+def run_settings(metadata, windows: WindowSpec, inference: InferenceSpec, arrow_schema: pa.Schema) -> dict:
+    """The config columns every row of this run carries (those the schema has)."""
+    values = {
+        "model_id": metadata.model_id,
+        "feature_config_sha256": metadata.feature_config_sha256,
+        "window_spec": windows.key(metadata.features),
+        "max_windows": windows.max_windows,
+        "aggregate": windows.aggregate,
+        "engine": inference.engine,
+        "precision": inference.precision,
+    }
+    return {name: values[name] for name in table.config_columns(arrow_schema) if name in values}
 
-    started = time.perf_counter()
-    options = embed.embed_pipeline_options(beam_args)
-    pipeline = beam.Pipeline(options=options)
-    embed.build_pipeline(
-        pipeline,
-        model_uri=args.model,
-        output_dir=staging,
-        audio=args.catalog,
-        skip_existing=FileSystems.join(current, f"{schema.EMBEDDINGS_PREFIX}-*-of-*.parquet") if current_files else None,
-        num_shards=args.shards,
-        batch_size=args.batch_size,
-        large_model=args.large_model,
-        cpu_threads=threads_per_worker(options),
-    )
-    result = pipeline.run()
-    result.wait_until_finish()
-    counters = counter_values(result)
 
-    carried = counters.get("tracks_skipped", 0)
-    unchanged = (
-        bool(current_files)
-        and counters.get("tracks_embedded", 0) == 0
-        and carried == _count_rows(current_files)
-        and counters.get("tracks_failed", 0) == len(_error_lines(current))
-    )
-    if not unchanged:
-        _replace_current(args.store, staging)
-    _remove_directory(staging)
+def run(argv: list[str] | None = None, *, make_compute: Callable[..., beam.PTransform] | None = None) -> int:
+    """One reembed run. `make_compute(settings=, embedding_size=)` replaces EmbedAudio
+    (the benchmark and tests inject a model-free step: musicrep.store.synthetic)."""
     from musicrep.model.export import read_metadata
 
+    args, beam_args = parse_args(argv)
+    pipeline_options = embed_pipeline_options(beam_args)
+    metadata = read_metadata(args.model)
+    windows = window_spec(args, metadata.features)
+    inference = inference_spec(args, pipeline_options)
+    started = time.perf_counter()
+    started_at = datetime.datetime.now(datetime.timezone.utc)
+    options = table.storage_options(args.storage_option)
+    arrow_schema = table.table_schema(metadata.embedding_size)
+    delta = table.open_or_create(args.store, metadata.embedding_size, options)
+    read_version = delta.version()
+    settings = run_settings(metadata, windows, inference, arrow_schema)
+    listing = changes.list_catalog(args.catalog)
+    index = table.read_index(delta)
+    plan = changes.plan_run(listing, index, settings, verify_content=args.verify_content)
+    listed_s = time.perf_counter() - started
+    logger.info("reembed: %s (listing and comparing took %.1f s)", plan.counts, listed_s)
+    for uri in plan.duplicates:
+        logger.warning("reembed: %s not used: another file has the same track id", uri)
     record = {
-        "run_id": run_id,
+        "run_id": None,
         "started_at": started_at.isoformat(),
-        "seconds": round(time.perf_counter() - started, 1),
         "catalog": args.catalog,
         "model_uri": args.model,
-        "model_id": read_metadata(args.model).model_id,
-        "tracks_read": counters.get("tracks_read", 0),
-        "tracks_embedded": counters.get("tracks_embedded", 0),
-        "tracks_unchanged": carried,
-        "tracks_failed": counters.get("tracks_failed", 0),
-        "windows_embedded": counters.get("windows_embedded", 0),
-        "changed": not unchanged,
+        "settings": settings,
+        "read_version": read_version,
+        "plan": plan.counts,
+        "listing_s": round(listed_s, 2),
     }
-    _append_run(args.store, record)
-    print(
-        f"reembed: {record['tracks_read']} tracks, {record['tracks_embedded']} embedded, "
-        f"{carried} unchanged, {record['tracks_failed']} failed; store "
-        f"{'updated' if record['changed'] else 'left as it was'}: {current}"
+    if plan.nothing_to_do:
+        print(
+            f"reembed: {plan.counts['listed']} tracks listed, all unchanged: nothing read, nothing committed "
+            f"(store version {read_version}): {args.store}"
+        )
+        return 0
+
+    staged = run_commit.start_run(args.store)
+    record["run_id"] = staged.run_id
+    staging = staged.staging_dir
+    fileio.write_bytes(fileio.join(staging, COMPUTE_MANIFEST), _parquet_bytes(plan.compute))
+    fileio.write_bytes(fileio.join(staging, REWRITE_MANIFEST), _parquet_bytes(plan.rewrite))
+    if make_compute is not None:
+        compute = make_compute(settings=settings, embedding_size=metadata.embedding_size)
+    else:
+        compute = EmbedAudio(
+            metadata=metadata, windows=windows, handler=EmbeddingModelHandler(args.model, inference)
+        )
+    pipeline = beam.Pipeline(options=pipeline_options)
+    build_pipeline(
+        pipeline,
+        store=args.store,
+        run_id=staged.run_id,
+        compute=compute,
+        arrow_schema=arrow_schema,
+        num_files=max(1, math.ceil(plan.compute.num_rows / table.ROWS_PER_FILE)),
     )
+    run_commit.wait_for_success(pipeline.run())
+    pipeline_s = time.perf_counter() - started - listed_s
+
+    result = _collect(args.store, staged.run_id, plan, index)
+    record.update(result["counts"], pipeline_s=round(pipeline_s, 2), errors=f"{ERRORS_DIR}/{staged.run_id}/{ERRORS_PREFIX}.jsonl")
+    run_commit.pause_at("before_commit")
+    version = read_version
+    if result["adds"] or result["removes"]:
+        record["seconds"] = round(time.perf_counter() - started, 2)
+        version, commit_s = table.commit(delta, adds=result["adds"], removes=result["removes"], run=record)
+        record["commit_s"] = round(commit_s, 3)
+    fileio.delete(result["empty"])
+    fileio.remove_tree(staging)
+    print(summary(record, store=args.store, version=version, committed=version != read_version))
     return 0
 
 
-def _error_lines(directory: str) -> list[str]:
-    lines = []
-    for path in _files(directory, ERRORS_PREFIX):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            lines += [line for line in handle.read().decode().splitlines() if line.strip()]
-    return lines
+def _parquet_bytes(rows: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(rows, buffer)
+    return buffer.getvalue()
+
+
+def _collect(store: str, run_id: str, plan: changes.Plan, index: pa.Table) -> dict:
+    """What the successful pipeline wrote → add/remove actions and the run's counts."""
+    run_dir = fileio.join(store, table.DATA_DIR, run_id)
+    relative = f"{table.DATA_DIR}/{run_id}"
+    parts = [table.describe_file(store, f"{relative}/{fileio.basename(p)}") for p in fileio.glob(fileio.join(run_dir, f"{PART_PREFIX}-*.parquet"))]
+    originals = {rewrite_name(path): path for path in set(plan.rewrite.column(table.DATA_FILE).to_pylist())}
+    rewritten = [
+        table.describe_file(store, f"{relative}/{fileio.basename(p)}")
+        for p in fileio.glob(fileio.join(run_dir, f"{REWRITE_PREFIX}-*.parquet"))
+    ]
+    removes = sorted([originals[fileio.basename(file.path)] for file in rewritten] + plan.removed_files)
+    rows_per_file = _rows_per_file(index)
+    unchanged_path = fileio.join(store, run_commit.STAGING_DIR, run_id, f"{CONTENT_UNCHANGED}.txt")
+    unchanged = set(fileio.read_text(unchanged_path).split()) if fileio.exists(unchanged_path) else set()
+    errors_path = fileio.join(store, ERRORS_DIR, run_id, f"{ERRORS_PREFIX}.jsonl")
+    failed = len(fileio.read_text(errors_path).splitlines()) if fileio.exists(errors_path) else 0
+    adds = [file for file in parts + rewritten if file.num_rows > 0]
+    rows_rewritten = sum(file.num_rows for file in rewritten)
+    counts = {
+        "tracks_embedded": sum(file.num_rows for file in parts),
+        "tracks_content_unchanged": len(unchanged),
+        "tracks_failed": failed,
+        "rows_removed": sum(rows_per_file.get(path, 0) for path in removes) - rows_rewritten,
+        "rows_rewritten": rows_rewritten,
+        "files_added": len(adds),
+        "files_removed": len(removes),
+    }
+    empty = [fileio.join(store, file.path) for file in parts + rewritten if file.num_rows == 0]
+    return {"adds": adds, "removes": removes, "counts": counts, "empty": empty}
+
+
+def _rows_per_file(index: pa.Table) -> dict[str, int]:
+    counted = index.group_by(table.DATA_FILE).aggregate([("track_id", "count")])
+    return dict(zip(counted[table.DATA_FILE].to_pylist(), counted["track_id_count"].to_pylist()))
+
+
+def summary(record: dict, *, store: str, version: int, committed: bool) -> str:
+    plan = record["plan"]
+    lines = [
+        f"reembed: {plan['listed']} tracks listed: {plan['new']} new, {plan['changed']} changed, "
+        f"{plan['stale']} stale, {plan['deleted']} deleted, {plan['unchanged']} unchanged"
+        + (f" ({plan['verified']} re-hashed)" if plan["verified"] else ""),
+        f"  {record['tracks_embedded']} embedded, {record['tracks_content_unchanged']} read but unchanged, "
+        f"{record['tracks_failed']} failed; {record['rows_removed']} rows removed, "
+        f"{record['rows_rewritten']} rows rewritten in {record['files_removed']} files",
+        (
+            f"  committed store version {version} ({record['files_added']} files added): {store}"
+            if committed
+            else f"  nothing to commit: store left at version {version}: {store}"
+        ),
+    ]
+    if record["tracks_failed"]:
+        lines.append(f"  errors: {fileio.join(store, record['errors'])}")
+    return "\n".join(lines)

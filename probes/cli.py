@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import sys
 
-from musicrep.errors import ConfigError, MusicrepError
+from musicrep.errors import ConfigError
 from musicrep.probes.data import DEFAULT_LABEL_COLUMNS, ProbeData, join_tracks, read_embeddings, read_labels
 from musicrep.probes.presets import (DEFAULT_GRID, PRESETS, TASKS, ProbePreset, generic_preset,
                                      get_preset, parse_grid)
@@ -96,16 +96,9 @@ def execute(args: argparse.Namespace) -> tuple[ProbeData, ProbeResult, dict]:
 
 
 def run(argv: list[str] | None = None) -> int:
-    args, unknown = build_parser().parse_known_args(argv)
-    if unknown:
-        print(f"musicrep probe: unknown arguments {unknown}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        _, result, report = execute(args)
-    except MusicrepError as error:
-        print(f"musicrep probe: error: {error}", file=sys.stderr)
-        return 2
+    _, result, report = execute(args)
     print(f"{report['dataset']} ({report['task']}, model {report['embedding']['model_id']}):")
     for name, value in report["metrics"].items():
         interval = value["ci95"]

@@ -1,23 +1,30 @@
-"""Read a probe's inputs: track embeddings (Parquet from the embed job) and labels.
+"""Read a probe's inputs: track embeddings (Parquet) and labels.
 
-Both are read through Beam's `FileSystems`, so local paths and gs:// work alike. The two
-sides are joined on `track_id`; a track on one side only is an error unless the caller
-allows it, and then it is counted, never dropped silently.
+Embeddings come from any Parquet with a `track_id` column and an `embedding` column of
+lists of numbers (a fixed-size list as the embed job writes, or a plain list as pandas
+writes): embeddings of other models are probed the same way. The embed job's provenance
+columns (`model_id`, `feature_config_sha256`) are used when present and reported as
+"unknown" otherwise; a file that says it is musicrep's must have the schema version this
+code reads. Both sides are read through `musicrep.fileio` (local paths and gs://). The
+two sides are joined on `track_id`; a track on one side only is an error unless the
+caller allows it, and then it is counted, never dropped silently.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pa_csv
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
+from musicrep import fileio
 from musicrep.errors import ConfigError, MusicrepError
+from musicrep.labels import read_labels as read_label_table
+from musicrep.labels import split_tags
+from musicrep.manifest import resolve_files
+from musicrep.pipelines import schema
 from musicrep.probes.keys import N_KEYS, key_name, parse_key
 
 logger = logging.getLogger(__name__)
@@ -25,11 +32,9 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 _SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid",
                   "test": "test"}
-# Columns of the embed job's Parquet schema that the probes need.
-EMBEDDING_COLUMNS = ("track_id", "embedding", "model_id", "feature_config_sha256")
 DEFAULT_LABEL_COLUMNS = {"multilabel": ("tags",), "multiclass": ("label",), "key": ("key",),
                          "regression": ("valence", "arousal")}
-TAG_SEPARATOR = "|"
+UNKNOWN = "unknown"  # what the report says of provenance a foreign Parquet does not carry
 _EXAMPLES = 5  # how many ids an error or report quotes
 
 
@@ -43,23 +48,6 @@ def _examples(ids) -> str:
     return ", ".join(repr(i) for i in ids[:_EXAMPLES]) + more
 
 
-def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return handle.read()
-
-
-def match_files(pattern: str) -> list[str]:
-    """Paths matching a glob (local or gs://), sorted; ConfigError when there is none."""
-    try:
-        metadata = FileSystems.match([pattern])[0].metadata_list
-    except Exception as error:  # Beam raises BeamIOError or OSError depending on the scheme
-        raise ConfigError(f"cannot list {pattern!r}: {error}") from error
-    paths = sorted(item.path for item in metadata)
-    if not paths:
-        raise ConfigError(f"no file matches {pattern!r}")
-    return paths
-
-
 @dataclasses.dataclass(frozen=True)
 class Embeddings:
     """One embedding per track.
@@ -67,8 +55,8 @@ class Embeddings:
     Attributes:
         track_ids: (n,) str.
         vectors: (n, d) float32.
-        model_id: the model that produced every vector.
-        feature_config_sha256: the front end it used.
+        model_id: the model that produced every vector ("unknown" if the files do not say).
+        feature_config_sha256: the front end it used ("unknown" if the files do not say).
         files: how many Parquet files were read.
     """
 
@@ -79,49 +67,68 @@ class Embeddings:
     files: int
 
 
-def _vectors(column: pa.ChunkedArray) -> np.ndarray:
-    if not pa.types.is_fixed_size_list(column.type) or column.type.value_type != pa.float32():
-        raise ConfigError(f"column 'embedding' must be fixed_size_list<float32>; got {column.type}")
-    width = column.type.list_size
+def _vectors(column: pa.ChunkedArray, where: str) -> np.ndarray:
+    """(n, d) float32 from a list or fixed-size-list column of numbers, every row of one length."""
+    kind = column.type
+    is_list = pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    if not is_list or not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
+        raise ConfigError(f"{where}: column {schema.EMBEDDING!r} must be a list of numbers; got {kind}")
     if column.null_count:
-        raise ConfigError(f"column 'embedding' has {column.null_count} null rows")
+        raise ConfigError(f"{where}: column {schema.EMBEDDING!r} has {column.null_count} null rows")
+    lengths = np.unique(np.concatenate(
+        [pc.list_value_length(chunk).to_numpy(zero_copy_only=False) for chunk in column.chunks] or [[]]))
+    if len(lengths) > 1:
+        raise ConfigError(f"{where}: embeddings of different lengths {lengths.tolist()[:_EXAMPLES]}")
+    width = int(lengths[0]) if len(lengths) else 0
     # flatten() honours slice offsets, unlike .values.
-    flat = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]
-    values = np.concatenate(flat) if flat else np.zeros(0, np.float32)
-    return values.reshape(-1, width).astype(np.float32, copy=False)
+    flat = [chunk.flatten() for chunk in column.chunks]
+    if any(values.null_count for values in flat):
+        raise ConfigError(f"{where}: column {schema.EMBEDDING!r} holds null values inside its lists")
+    values = np.concatenate([v.to_numpy(zero_copy_only=False) for v in flat]) if flat else np.zeros(0)
+    return values.astype(np.float32, copy=False).reshape(-1, width)
 
 
-def _single_value(table: pa.Table, column: str, pattern: str) -> str:
-    values = set(table.column(column).unique().to_pylist())
+def _provenance(values: set, name: str, pattern: str) -> str:
     if len(values) != 1:
-        raise ConfigError(f"{pattern!r} mixes {len(values)} values of {column!r} "
-                          f"({_examples(map(str, values))}); probe one embedding model at a time")
-    return str(values.pop())
+        shown = _examples(str(UNKNOWN if value is None else value) for value in values)
+        raise ConfigError(f"{pattern!r} mixes {len(values)} values of {name!r} ({shown}); "
+                          "probe one embedding model at a time")
+    value = values.pop()
+    return UNKNOWN if value is None else str(value)
 
 
 def read_embeddings(pattern: str) -> Embeddings:
-    """Read every Parquet file matching `pattern` (the embed job's output)."""
-    paths = match_files(pattern)
-    tables = []
+    """Read the Parquet files of `pattern`: an embed output directory (the files its
+    manifest lists) or a glob (see the module docstring)."""
+    paths = resolve_files(pattern, kind="embeddings")
+    track_ids, vectors = [], []
+    provenance: dict[str, set] = {name: set() for name in schema.PROVENANCE_COLUMNS}
     for path in paths:
-        parquet = pq.ParquetFile(pa.BufferReader(read_bytes(path)))
-        absent = [name for name in EMBEDDING_COLUMNS if name not in parquet.schema_arrow.names]
+        parquet = pq.ParquetFile(pa.BufferReader(fileio.read_bytes(path)))
+        schema.check_schema_version(parquet.schema_arrow.metadata, where=path)
+        names = parquet.schema_arrow.names
+        absent = [name for name in (schema.TRACK_ID, schema.EMBEDDING) if name not in names]
         if absent:
-            raise ConfigError(f"{path} lacks column(s) {absent}; is it the embed job's output?")
-        tables.append(parquet.read(columns=list(EMBEDDING_COLUMNS)))
-    try:
-        table = pa.concat_tables(tables)
-    except pa.ArrowInvalid as error:
-        raise ConfigError(f"the files of {pattern!r} disagree in schema: {error}") from error
-    track_ids = np.asarray(table.column("track_id").to_pylist(), dtype=object)
-    _refuse_duplicates(track_ids, f"embeddings {pattern!r}")
+            raise ConfigError(f"{path} lacks column(s) {absent}; a probe needs {schema.TRACK_ID!r} and a "
+                              f"list column {schema.EMBEDDING!r} (columns: {names})")
+        present = [name for name in schema.PROVENANCE_COLUMNS if name in names]
+        table = parquet.read(columns=[schema.TRACK_ID, schema.EMBEDDING, *present])
+        track_ids += [str(value) for value in table.column(schema.TRACK_ID).to_pylist()]
+        vectors.append(_vectors(table.column(schema.EMBEDDING), path))
+        for name, seen in provenance.items():
+            seen.update(table.column(name).unique().to_pylist() if name in present else [None])
+    widths = sorted({block.shape[1] for block in vectors if len(block)})
+    if len(widths) > 1:
+        raise ConfigError(f"the files of {pattern!r} hold embeddings of different sizes {widths}")
+    ids = np.asarray(track_ids, dtype=object)
+    _refuse_duplicates(ids, f"embeddings {pattern!r}")
     embeddings = Embeddings(
-        track_ids=track_ids, vectors=_vectors(table.column("embedding")),
-        model_id=_single_value(table, "model_id", pattern),
-        feature_config_sha256=_single_value(table, "feature_config_sha256", pattern),
+        track_ids=ids, vectors=np.concatenate([block.reshape(-1, widths[0] if widths else 0) for block in vectors]),
+        model_id=_provenance(provenance["model_id"], "model_id", pattern),
+        feature_config_sha256=_provenance(provenance["feature_config_sha256"], "feature_config_sha256", pattern),
         files=len(paths))
-    logger.info("read %d embeddings (d=%d) from %d file(s)", len(track_ids),
-                embeddings.vectors.shape[1], len(paths))
+    logger.info("read %d embeddings (d=%d) from %d file(s); model %s", len(ids),
+                embeddings.vectors.shape[1], len(paths), embeddings.model_id)
     return embeddings
 
 
@@ -135,21 +142,7 @@ def _refuse_duplicates(track_ids: np.ndarray, where: str) -> None:
 
 def read_labels(path: str) -> pa.Table:
     """A labels table (CSV or Parquet) with at least `track_id` and `split`."""
-    paths = match_files(path)
-    if len(paths) != 1:
-        raise ConfigError(f"labels {path!r} must name one file; it matches {len(paths)}")
-    data = read_bytes(paths[0])
-    if path.endswith(".parquet"):
-        table = pq.read_table(pa.BufferReader(data))
-    else:
-        # Ids and keys stay strings even when they look like numbers.
-        strings = {name: pa.string() for name in ("track_id", "split", "key", "tags")}
-        table = pa_csv.read_csv(io.BytesIO(data),
-                                convert_options=pa_csv.ConvertOptions(column_types=strings))
-    absent = [name for name in ("track_id", "split") if name not in table.column_names]
-    if absent:
-        raise ConfigError(f"labels {path!r} lack column(s) {absent}; columns: {table.column_names}")
-    return table
+    return read_label_table(path, required=("track_id", "split"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,18 +211,6 @@ def _refuse_nulls(values: list, track_ids: np.ndarray, name: str) -> None:
         raise ConfigError(f"column {name!r} is empty for {len(empty)} track(s): {_examples(empty)}")
 
 
-def _tag_lists(values: list) -> list[list[str]]:
-    tags = []
-    for value in values:
-        if value is None:
-            tags.append([])
-        elif isinstance(value, str):
-            tags.append([tag.strip() for tag in value.split(TAG_SEPARATOR) if tag.strip()])
-        else:
-            tags.append([str(tag) for tag in value])
-    return tags
-
-
 def build_targets(table: pa.Table, *, task: str, columns: tuple[str, ...],
                   track_ids: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
     """Targets of `task` for every row of `table`, and the names of their labels/classes."""
@@ -238,7 +219,7 @@ def build_targets(table: pa.Table, *, task: str, columns: tuple[str, ...],
     if task == "multilabel":
         if len(columns) != 1:
             raise ConfigError(f"task 'multilabel' takes one tags column; got {list(columns)}")
-        tags = _tag_lists(_column(table, columns[0]))
+        tags = [split_tags(value) for value in _column(table, columns[0])]
         vocabulary = tuple(sorted({tag for row in tags for tag in row}))
         if not vocabulary:
             raise ConfigError(f"column {columns[0]!r} holds no tag at all")

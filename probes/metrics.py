@@ -83,20 +83,21 @@ def mean_average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
         y_true: (tracks, labels) 0/1 targets (or (tracks,) for one label).
         y_score: scores of the same shape; higher means more likely positive.
     """
-    y_true, y_score = _as_label_matrix(y_true, y_score)
-    mask = evaluable_labels(y_true)
-    per_label = np.array([_average_precision(y_true[:, j], y_score[:, j]) if mask[j] else np.nan
-                          for j in range(y_true.shape[1])])
-    return _macro(per_label, mask, "mean_average_precision")
+    return _macro_over_labels(_average_precision, y_true, y_score, "mean_average_precision")
 
 
 def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     """Macro ROC-AUC over evaluable labels; arguments as `mean_average_precision`."""
+    return _macro_over_labels(_auc, y_true, y_score, "roc_auc")
+
+
+def _macro_over_labels(metric, y_true: np.ndarray, y_score: np.ndarray, name: str) -> float:
+    """`metric(y_true_j, y_score_j)` per evaluable label j, macro-averaged by `_macro`."""
     y_true, y_score = _as_label_matrix(y_true, y_score)
     mask = evaluable_labels(y_true)
-    per_label = np.array([_auc(y_true[:, j], y_score[:, j]) if mask[j] else np.nan
+    per_label = np.array([metric(y_true[:, j], y_score[:, j]) if mask[j] else np.nan
                           for j in range(y_true.shape[1])])
-    return _macro(per_label, mask, "roc_auc")
+    return _macro(per_label, mask, name)
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -18,15 +18,12 @@ import numpy as np
 import tensorflow as tf
 
 from musicrep.errors import ConfigError, MusicrepError
+from musicrep.model.schedules import ADAM_BETA_1, ADAM_BETA_2, ADAM_EPSILON, warmup_cosine
 from musicrep.probes.adam import FusedAdam
 from musicrep.probes.presets import HyperParameters
 
 logger = logging.getLogger(__name__)
 
-# Adam as in the released probe configs.
-ADAM_BETA_1 = 0.9
-ADAM_BETA_2 = 0.999
-ADAM_EPSILON = 1e-7
 # Steps per compiled call: long enough that Python is idle, short enough for progress logs.
 STEPS_PER_CALL = 500
 PREDICT_BATCH = 8192
@@ -59,14 +56,12 @@ def build_probe(*, input_dim: int, n_outputs: int, hidden_units: tuple[int, ...]
 
 
 def learning_rate_schedule(*, learning_rate: float, steps: int,
-                           warmup_steps: int) -> keras.optimizers.schedules.CosineDecay:
+                           warmup_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
     """Linear warm-up from 0 to `learning_rate` over `warmup_steps`, then cosine to 0."""
-    if not 0 <= warmup_steps < steps:
-        raise ConfigError(f"warm-up of {warmup_steps} steps needs more total steps; got {steps} "
-                          "(lower --warmup-steps or raise steps in --grid)")
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0, decay_steps=steps - warmup_steps, alpha=0.0,
-        warmup_target=learning_rate, warmup_steps=warmup_steps)
+    try:
+        return warmup_cosine(peak_lr=learning_rate, warmup_steps=warmup_steps, total_steps=steps)
+    except ConfigError as error:
+        raise ConfigError(f"{error} (lower --warmup-steps or raise steps in --grid)") from None
 
 
 def _loss(task: str) -> keras.losses.Loss:

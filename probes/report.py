@@ -9,8 +9,9 @@ import logging
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
+from musicrep import fileio
+from musicrep.model.schedules import ADAM_BETA_1, ADAM_BETA_2, ADAM_EPSILON
 from musicrep.probes import metrics
 from musicrep.probes.data import SPLITS, ProbeData
 from musicrep.probes.protocol import ProbeResult, selection_metric
@@ -50,7 +51,7 @@ def build_report(data: ProbeData, result: ProbeResult, *, dataset: str,
                    "left_out_no_positive_or_negative": result.labels_left_out},
         "protocol": {"seeds": list(settings.seeds),
                      "warmup_steps": settings.effective_warmup_steps,
-                     "optimizer": "Adam(beta_1=0.9, beta_2=0.999, epsilon=1e-7)",
+                     "optimizer": f"Adam(beta_1={ADAM_BETA_1}, beta_2={ADAM_BETA_2}, epsilon={ADAM_EPSILON})",
                      "schedule": "linear warm-up from 0, then cosine decay to 0",
                      "selection_metric": selection_metric(data.task),
                      "bootstrap_resamples": settings.bootstrap_resamples,
@@ -104,20 +105,10 @@ def format_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(path: str, payload: bytes) -> None:
-    with FileSystems.create(path) as handle:
-        handle.write(payload)
-
-
-def write_text(path: str, text: str) -> None:
-    """Write a UTF-8 text file (local or gs://), creating local parent folders."""
-    _write(path, text.encode())
-
-
 def write_report(report: dict, output_dir: str) -> None:
     """DIR/report.json and DIR/report.md (local or gs://)."""
-    write_text(FileSystems.join(output_dir, "report.json"), json.dumps(report, indent=2))
-    write_text(FileSystems.join(output_dir, "report.md"), format_markdown(report))
+    fileio.write_text(fileio.join(output_dir, "report.json"), json.dumps(report, indent=2))
+    fileio.write_text(fileio.join(output_dir, "report.md"), format_markdown(report))
     logger.info("wrote %s/report.json and report.md", output_dir)
 
 
@@ -148,5 +139,5 @@ def write_predictions(data: ProbeData, result: ProbeResult, path: str) -> None:
     """Test predictions as Parquet at `path`."""
     buffer = io.BytesIO()
     pq.write_table(predictions_table(data, result), buffer)
-    _write(path, buffer.getvalue())
+    fileio.write_bytes(path, buffer.getvalue())
     logger.info("wrote test predictions to %s", path)

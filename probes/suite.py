@@ -25,10 +25,10 @@ import sys
 
 import yaml
 
-from musicrep.errors import ConfigError, MusicrepError
+from musicrep.errors import ConfigError
 from musicrep.probes import cli
-from musicrep.probes.data import read_bytes
-from musicrep.probes.report import metric_label, write_text
+from musicrep.fileio import read_text, write_text
+from musicrep.probes.report import metric_label
 
 logger = logging.getLogger(__name__)
 
@@ -106,27 +106,20 @@ def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="musicrep probe-suite",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="suite YAML (local or gs://)")
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        print(f"musicrep probe-suite: unknown arguments {unknown}", file=sys.stderr)
-        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     probe_parser = cli.build_parser()
-    try:
-        suite = load_suite(read_bytes(args.config).decode())
-        rows: dict[str, dict] = {}
-        for model in suite["models"]:
-            rows[model] = {}
-            for probe in suite["probes"]:
-                probe_args, unknown = probe_parser.parse_known_args(probe_argv(suite, model, probe))
-                if unknown:
-                    raise ConfigError(f"probe {probe!r} has unknown options {unknown}")
-                _, result, report = cli.execute(probe_args)
-                for metric in _headline(report):
-                    rows[model][(report["dataset"], metric)] = result.summary(metric)
-    except MusicrepError as error:
-        print(f"musicrep probe-suite: error: {error}", file=sys.stderr)
-        return 2
+    suite = load_suite(read_text(args.config))
+    rows: dict[str, dict] = {}
+    for model in suite["models"]:
+        rows[model] = {}
+        for probe in suite["probes"]:
+            probe_args, unknown = probe_parser.parse_known_args(probe_argv(suite, model, probe))
+            if unknown:
+                raise ConfigError(f"probe {probe!r} has unknown options {unknown}")
+            _, result, report = cli.execute(probe_args)
+            for metric in _headline(report):
+                rows[model][(report["dataset"], metric)] = result.summary(metric)
     table = format_table(rows)
     output = suite.get("output", "probe-suite").rstrip("/")
     write_text(f"{output}/suite.md", table + "\n")

@@ -6,7 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
-export TF_CPP_MIN_LOG_LEVEL=2
 
 out="${MUSICREP_DEMO_DIR:-$PWD/demo-output}"
 tracks="${MUSICREP_DEMO_TRACKS:-64}"

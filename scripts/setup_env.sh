@@ -26,3 +26,18 @@ extras=""
 [ "${MUSICREP_WITH_TEST_TOOLS:-0}" = 1 ] && extras="[test]"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".${extras}"
+
+# Prism, Beam's portable local runner (a Go program), for the runner tests and for
+# --runner=PrismRunner/DirectRunner offline: built once per machine from the Go module
+# proxy into Go's bin folder (~/go/bin, outside the clone). Where `go` exists a failed
+# build stops here, so CI cannot skip the Prism tests; without `go` the tests fall back
+# to Beam's own download of the binary.
+if [ "${MUSICREP_WITH_TEST_TOOLS:-0}" = 1 ] && [ -z "${MUSICREP_PRISM:-}" ] && command -v go >/dev/null 2>&1; then
+  prism_bin="$(go env GOBIN)"
+  prism_bin="${prism_bin:-$(go env GOPATH)/bin}/prism"
+  if [ ! -x "$prism_bin" ]; then
+    echo "building Prism (go install github.com/apache/beam/sdks/v2/go/cmd/prism@v2.77.0)" >&2
+    go install github.com/apache/beam/sdks/v2/go/cmd/prism@v2.77.0
+  fi
+  export MUSICREP_PRISM="$prism_bin"
+fi

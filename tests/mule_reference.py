@@ -58,6 +58,22 @@ Analysis:
           BlockExtractor: null
 """
 
+# The release's timeline settings (3 s windows at 0.5 Hz, then the track average) after the
+# reference front end; {model} is the oracle's copy of the random reference weights.
+TIMELINE_CONFIG = FRONT_END_CONFIG + """\
+    - EmbeddingFeature:
+        model_location: "{model}"
+        extractor:
+          SliceExtractor:
+            look_backward: 150
+            look_forward: 150
+            hop: 200
+            standard_normalize: true
+    - TimelineAverage:
+        extractor:
+          BlockExtractor: null
+"""
+
 BUILD_SCRIPT = r"""
 import sys
 import numpy as np

@@ -8,11 +8,13 @@ import librosa
 import numpy as np
 import pytest
 
-from musicrep import cli, synth_catalog
+from musicrep import cli
+from musicrep import testing as synth_catalog
 from musicrep.features import decode, log_mel
-from musicrep.synth_catalog import (
-    CATALOG_FORMATS, INSTRUMENTS, LABEL_COLUMNS, TONIC_NAMES, encode_audio, midi_to_hz,
-    read_labels, synthesize_note, write_synth_catalog,
+from musicrep.probes.keys import TONIC_NAMES
+from musicrep.testing import (
+    CATALOG_FORMATS, INSTRUMENTS, LABEL_COLUMNS, encode_audio, midi_to_hz,
+    read_catalog_labels, synthesize_note, write_synth_catalog,
 )
 
 N_TRACKS, DURATION_S = 12, 4.0
@@ -27,7 +29,7 @@ def catalog(tmp_path_factory):
 
 def test_labels_csv_holds_the_returned_rows(catalog):
     directory, rows = catalog
-    assert read_labels(str(directory)) == rows
+    assert read_catalog_labels(str(directory)) == rows
     assert [row["track_id"] for row in rows] == [f"track_{i:04d}" for i in range(N_TRACKS)]
     assert list(rows[0]) == list(LABEL_COLUMNS)
 
@@ -150,7 +152,7 @@ def test_command_line_writes_the_catalog(tmp_path, capsys):
     assert cli.main(["synth-catalog", str(directory), "--tracks", "3", "--seed", "4", "--duration-s", "1"]) == 0
     out = capsys.readouterr().out
     assert "wrote 3 tracks" in out and "labels.csv" in out
-    assert len(read_labels(str(directory))) == 3
+    assert len(read_catalog_labels(str(directory))) == 3
 
 
 def test_bad_arguments_are_refused(tmp_path):

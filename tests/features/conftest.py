@@ -2,7 +2,7 @@
 
 Signals are float32 at 16 kHz unless a rate is given; encoded files are written with
 soundfile (wav, flac: an encoder independent of FFmpeg) or PyAV (the lossy codecs, through
-`musicrep.synth_catalog.encode_audio`).
+`musicrep.testing.encode_audio`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from musicrep.synth_catalog import encode_audio
+from musicrep.testing import encode_audio
 
 SAMPLE_RATE_HZ = 16000
 
@@ -113,7 +113,7 @@ def speech_16k(tmp_path_factory) -> np.ndarray:
 @pytest.fixture(scope="session")
 def music_44k_stereo() -> np.ndarray:
     """Three seconds of a synthetic piano piece, [2, samples] float32 at 44.1 kHz, L ≠ R."""
-    from musicrep.synth_catalog import plan_catalog, render_track
+    from musicrep.testing import plan_catalog, render_track
     import dataclasses
 
     spec = plan_catalog(n_tracks=1, seed=3)[0]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from musicrep.errors import ConfigError, TooShortError
-from musicrep.features.windows import cut_windows, window_starts
+from musicrep.features.windows import WindowSpec, cut_windows, window_starts
 
 
 def reference_starts(n_frames: int, window: int, hop: int) -> list[int]:
@@ -51,3 +51,37 @@ def test_cut_windows_is_frequency_first_slicing(rng):
     assert windows.shape == (3, 96, 300) and windows.dtype == np.float32
     for window, start in zip(windows, starts):
         np.testing.assert_array_equal(window, log_mel[start : start + 300].T)
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        ({"hop_s": 0.004}, "at least one frame"),
+        ({"window_s": 0.001}, "at least one frame"),
+        ({"hop_s": 0.0}, "must be > 0"),
+        ({"max_windows": 0}, "max windows must be >= 1"),
+        ({"aggregate": "median"}, "aggregate must be one of"),
+    ],
+)
+def test_window_spec_refuses_settings_that_give_no_windows(settings, match):
+    with pytest.raises(ConfigError, match=match):
+        WindowSpec(**settings).frames()
+
+
+def test_window_spec_frames_follow_the_front_end():
+    from musicrep.features.config import FeatureConfig
+
+    assert WindowSpec().frames() == (300, 200)
+    assert WindowSpec(window_s=1.0, hop_s=1.0).frames(FeatureConfig(hop_samples=320)) == (50, 50)
+
+
+def test_window_spec_pools_by_its_aggregate(rng):
+    windows = rng.normal(size=(5, 8)).astype(np.float32)
+    np.testing.assert_array_equal(WindowSpec(aggregate="max").pool(windows), windows.max(axis=0))
+    np.testing.assert_allclose(WindowSpec().pool(windows), windows.mean(axis=0), rtol=1e-6)
+
+
+def test_window_spec_key_is_the_frame_grid_not_the_spelling():
+    assert WindowSpec(hop_s=2.0).key() == WindowSpec(hop_s=2.001).key()
+    keys = {WindowSpec().key(), WindowSpec(hop_s=1.0).key(), WindowSpec(max_windows=4).key(), WindowSpec(aggregate="max").key()}
+    assert len(keys) == 4

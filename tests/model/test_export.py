@@ -1,4 +1,5 @@
 """Exports: save → load bit-identical, the sidecar, the CLI, and the projector."""
+import hashlib
 import json
 
 import keras
@@ -39,7 +40,13 @@ def test_sidecar_describes_the_model(tiny_model, tiny_export):
     assert metadata.features == DEFAULT_FEATURE_CONFIG
     assert metadata.sf_nfnet_config == SF_NFNET_VARIANTS["tiny"]
     assert (metadata.n_mels, metadata.min_frames) == (96, 16)
-    assert len(metadata.model_id) == 64 and int(metadata.model_id, 16) >= 0
+    # model_id recomputed from its definition: sha256 of the config JSON, then of each
+    # weight's path, shape (scalars as (1,)) and float32 little-endian bytes.
+    digest = hashlib.sha256(json.dumps(SF_NFNET_VARIANTS["tiny"].to_dict(), sort_keys=True).encode())
+    for weight in tiny_model.weights:
+        value = np.ascontiguousarray(np.asarray(weight), dtype="<f4")
+        digest.update(f"{weight.path}:{value.shape}".encode() + value.tobytes())
+    assert metadata.model_id == digest.hexdigest()
 
 
 def test_load_refuses_weights_that_do_not_match_the_sidecar(tiny_export, tmp_path):

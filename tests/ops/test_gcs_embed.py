@@ -1,6 +1,6 @@
-"""The embed job and the re-embedding store on gs://, against the local GCS emulator.
+"""The embed job on gs://, against the local GCS emulator (the reembed store: test_gcs_store.py).
 
-Shards, model export, output and store all live in the emulator's bucket; the jobs reach
+Shards, model export and output all live in the emulator's bucket; the jobs reach
 them only through Beam's FileSystems (and the model through musicrep.model.export), as
 they would on Dataflow. The same run on local paths is the reference.
 """
@@ -17,8 +17,9 @@ import pytest
 
 import musicrep.model
 from audio_files import tone, write_audio
+from job_outputs import without_run_id
 from musicrep.model import SF_NFNET_VARIANTS
-from musicrep.pipelines import embed, features, reembed
+from musicrep.pipelines import embed, features
 
 RUNNER = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 DURATIONS_S = {"a": 6.0, "b": 3.0, "sub/c": 4.5}
@@ -52,12 +53,14 @@ def parquet_rows(blobs: dict[str, bytes]) -> pd.DataFrame:
 
 
 def local_blobs(directory) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
+    """Every file below `directory` by its path there, run ids taken out of the names."""
+    return {without_run_id(str(path.relative_to(directory))): path.read_bytes()
+            for path in sorted(directory.rglob("*")) if path.is_file()}
 
 
 def gs_blobs(gcs_emulator, prefix: str) -> dict[str, bytes]:
     names = [url.split("/", 3)[3] for url in gcs_emulator.list(prefix)]
-    return {name.rsplit("/", 1)[-1]: gcs_emulator.read_bytes(name) for name in names}
+    return {without_run_id(name[len(prefix):]): gcs_emulator.read_bytes(name) for name in names}
 
 
 def assert_same_rows(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
@@ -82,7 +85,11 @@ def test_embed_job_on_gs_equals_the_local_run(gcs_emulator, catalog, tiny_model,
                "--output", str(tmp_path / "out"), "--shards=1", *RUNNER])
 
     on_gs, local = gs_blobs(gcs_emulator, "embed-job/out/"), local_blobs(tmp_path / "out")
-    assert sorted(on_gs) == sorted(local) == ["embeddings-00000-of-00001.parquet", "errors-00000-of-00001.jsonl"]
+    # The committed files and their manifest, nothing else (no staging or Beam temp objects).
+    assert sorted(on_gs) == sorted(local) == ["_MANIFEST.json", "embeddings-00000-of-00001.parquet", "errors-00000-of-00001.jsonl"]
+    counts = json.loads(on_gs["_MANIFEST.json"])["counts"]
+    assert counts == json.loads(local["_MANIFEST.json"])["counts"]
+    assert (counts["embeddings"], counts["errors"]) == (len(DURATIONS_S), 1)
     rows = parquet_rows(on_gs)
     assert sorted(rows.index) == sorted(DURATIONS_S)
     assert (rows["model_id"] == saved.model_id).all()
@@ -92,29 +99,3 @@ def test_embed_job_on_gs_equals_the_local_run(gcs_emulator, catalog, tiny_model,
     errors = [json.loads(line) for line in on_gs["errors-00000-of-00001.jsonl"].decode().splitlines()]
     assert [(e["track_id"], e["stage"]) for e in errors] == [("blip", "too_short")]
     assert on_gs["errors-00000-of-00001.jsonl"] == local["errors-00000-of-00001.jsonl"]
-
-
-def test_reembed_store_on_gs_computes_nothing_the_second_time(gcs_emulator, catalog, tiny_model, capsys):
-    network, config, _ = tiny_model
-    model_uri = gcs_emulator.url("reembed", "models", "tiny")
-    musicrep.model.save(network, model_uri, config=config, source="test")
-    gcs_emulator.upload_dir(catalog, "reembed/catalog")
-    store = gcs_emulator.url("reembed", "store")
-    # Beam's GCS glob turns "**" into ".*": "catalog/**/*.flac" would miss catalog/a.flac
-    # (it needs a "/" after catalog/), while the local glob lets "**/" match no folder.
-    args = ["--catalog", gcs_emulator.url("reembed/catalog/**"), "--model", model_uri, "--store", store,
-            "--shards=1", *RUNNER]
-
-    reembed.run(args)
-    first = gs_blobs(gcs_emulator, "reembed/store/current/")
-    assert sorted(parquet_rows(first).index) == sorted(DURATIONS_S)
-
-    reembed.run(args)
-    runs = reembed.read_runs(store)
-    assert [(r["tracks_embedded"], r["windows_embedded"], r["tracks_unchanged"], r["changed"]) for r in runs] == [
-        (3, 6, 0, True),  # a: 3 windows, b: 1, sub/c: 2
-        (0, 0, 3, False),
-    ]
-    assert gs_blobs(gcs_emulator, "reembed/store/current/") == first  # byte for byte
-    assert gcs_emulator.list("reembed/store/staging-") == []  # no staging left behind
-    assert "store left as it was" in capsys.readouterr().out.splitlines()[-1]

@@ -15,6 +15,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
+from job_outputs import without_run_id
+
 
 def test_filesystems_create_open_match_delete(gcs_emulator):
     payload = bytes(range(256)) * 4096  # 1 MiB: more than one upload chunk of small buffers
@@ -208,13 +210,15 @@ def test_features_job_reads_and_writes_gs(gcs_emulator, tmp_path):
     features.run(["--input", str(catalog / "**"), "--output", str(tmp_path / "local"), *runner])
 
     on_gs = gcs_emulator.list("features-job/out/")
-    assert [url.rsplit("/", 1)[1] for url in on_gs] == [
-        "errors-00000-of-00001.jsonl", "features-00000-of-00001.tfrecord.gz"]
+    # The committed files and their manifest, nothing else (no staging or Beam temp objects).
+    assert [without_run_id(url.split("features-job/out/", 1)[1]) for url in on_gs] == [
+        "_MANIFEST.json", "errors-00000-of-00001.jsonl", "features-00000-of-00001.tfrecord.gz"]
     local = sorted(str(p) for p in (tmp_path / "local").glob("features-*.tfrecord.gz"))
     gs_records = _feature_records([url for url in on_gs if url.endswith(".tfrecord.gz")])
     assert sorted(gs_records) == ["a440", "sub/a880"]
     assert gs_records == _feature_records(local)
+    (errors_url,) = [url for url in on_gs if url.endswith(".jsonl")]
     errors = [json.loads(line) for line in gcs_emulator.read_bytes(
-        "features-job/out/errors-00000-of-00001.jsonl").decode().splitlines()]
+        errors_url.split("/", 3)[3]).decode().splitlines()]
     assert [(e["track_id"], e["uri"]) for e in errors] == [
         ("broken", gcs_emulator.url("features-job/catalog/broken.wav"))]

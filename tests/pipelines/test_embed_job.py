@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 import os
 import shutil
@@ -14,11 +15,14 @@ import pytest
 
 import musicrep.model
 from audio_files import tone, write_audio
+from job_outputs import assert_only_committed, committed, read_dead_letters
 from musicrep.features import decode, log_mel
+from musicrep.manifest import read_manifest
 from musicrep.pipelines import embed as embed_job
+from musicrep.pipelines import embed_transforms
 from musicrep.pipelines import features as features_job
 from musicrep.pipelines import schema
-from musicrep.pipelines.inference import EmbeddingModelHandler, TrackWindows, iterate_batches
+from musicrep.pipelines.inference import EmbeddingModelHandler, InferenceSpec, TrackWindows, iterate_batches
 
 IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
 TWO_PROCESSES = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
@@ -45,15 +49,18 @@ def shards(catalog, tmp_path_factory) -> str:
 
 
 def read_embeddings(output_dir: str) -> pd.DataFrame:
-    files = sorted(glob.glob(f"{output_dir}/embeddings-*-of-*.parquet"))
-    return pd.concat([pq.read_table(f).to_pandas() for f in files]).set_index("track_id").sort_index()
+    """The committed rows; the directory holds nothing else and the manifest counts them."""
+    manifest = assert_only_committed(output_dir)
+    files = committed(output_dir, schema.EMBEDDINGS_PREFIX)
+    table = pd.concat([pq.read_table(f).to_pandas() for f in files]).set_index("track_id").sort_index()
+    assert manifest["counts"][schema.EMBEDDINGS_PREFIX] == len(table)
+    assert not table.index.duplicated().any()
+    return table
 
 
 def read_errors(output_dir: str) -> list[dict]:
-    errors = []
-    for path in glob.glob(f"{output_dir}/errors-*-of-*.jsonl"):
-        with open(path, encoding="utf-8") as handle:
-            errors += [json.loads(line) for line in handle if line.strip()]
+    errors = read_dead_letters(output_dir)
+    assert read_manifest(output_dir)["counts"]["errors"] == len(errors)
     return errors
 
 
@@ -95,7 +102,11 @@ def test_embeddings_equal_the_mean_of_bare_forwards(embedded, catalog, tiny_mode
         assert row["duration_s"] == pytest.approx(duration_s, abs=1e-3)
         assert row["model_id"] == metadata.model_id
         assert row["feature_config_sha256"] == metadata.feature_config_sha256
-        assert row["window_s"] == 3.0 and row["hop_s"] == 2.0
+        # What the track got: a track shorter than one window is one window of its length.
+        assert row["window_s"] == pytest.approx(min(300, n_frames) / 100) and row["hop_s"] == 2.0
+        assert json.loads(row["window_spec"]) == {
+            "window_frames": 300, "hop_frames": 200, "max_windows": None, "aggregate": "mean"
+        }
 
 
 def test_every_track_once_across_embeddings_and_errors(embedded, catalog):
@@ -153,7 +164,7 @@ def test_skip_existing_recomputes_only_new_or_changed_tracks(catalog, embedded, 
     capsys.readouterr()
     embed_job.run(
         ["--audio", f"{changed}/**/*.*", "--model", tiny_model_uri, "--output", out,
-         "--skip-existing", f"{embedded}/embeddings-*.parquet", *IN_MEMORY]
+         "--skip-existing", embedded, *IN_MEMORY]
     )
     summary = capsys.readouterr().out
     # b and e are computed (2 + 1 windows); a and sub/c are copied; blip fails again.
@@ -193,14 +204,14 @@ def test_handler_batches_windows_across_tracks(tiny_model_uri, rng):
         (300, (1, 96, 300), [(2, 1)]),
         (120, (1, 96, 120), [(1, 0)]),
     ]
-    handler = EmbeddingModelHandler(tiny_model_uri, batch_size=4)
+    handler = EmbeddingModelHandler(tiny_model_uri, InferenceSpec(batch_size=4))
     loaded = handler.load_model()
     results = list(handler.run_inference(tracks, loaded))
     for track_windows, result in zip(tracks, results):
         assert result.example is track_windows
         starts, length = track_windows.starts, track_windows.window_frames
         windows = np.stack([track_windows.log_mel[s : s + length].T for s in starts])
-        np.testing.assert_allclose(result.inference, np.asarray(loaded.model(windows, training=False)), atol=1e-5)
+        np.testing.assert_allclose(result.inference, np.asarray(musicrep.model.load(tiny_model_uri)(windows, training=False)), atol=1e-5)
 
 
 def test_per_window_rows_and_bad_records_are_dead_letters(shards, tiny_model_uri, tmp_path, rng):
@@ -231,7 +242,7 @@ def test_per_window_rows_and_bad_records_are_dead_letters(shards, tiny_model_uri
     tracks = read_embeddings(out)
     assert sorted(tracks.index) == sorted(DURATIONS_S)
     failures = sorted((e["track_id"], e["stage"], e["error_type"]) for e in read_errors(out))
-    assert failures == [("", "parse", "DecodeError"), ("blip", "too_short", "TooShortError"), ("wide", "windows", "ConfigError")]
+    assert failures == [("", "parse", "DecodeError"), ("blip", "too_short", "TooShortError"), ("wide", "windows", "RecordError")]
     (path,) = glob.glob(f"{out}/windows-*-of-*.parquet")
     windows = pq.read_table(path)
     size = musicrep.model.read_metadata(tiny_model_uri).embedding_size
@@ -241,3 +252,111 @@ def test_per_window_rows_and_bad_records_are_dead_letters(shards, tiny_model_uri
     a = frame[frame.track_id == "a"].sort_values("start_s")
     assert a["start_s"].tolist() == pytest.approx([0.5, 2.5, 3.01])
     np.testing.assert_allclose(np.stack(a["embedding"]).mean(axis=0), tracks.loc["a", "embedding"], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_runs_into_the_same_directory_give_the_last_runs_complete_set(shards, catalog, embedded, tiny_model_uri, tmp_path, runner_args):
+    """Issue 10: re-runs into one directory (shards, then --audio) keep every track once,
+    the dead letter, no stale file, and the same embeddings as the reference run."""
+    reference = read_embeddings(embedded)
+    for source, shard_count in ((["--features", shards], "2"), (["--features", shards], "1"), (["--audio", f"{catalog}/**/*.*"], "1")):
+        out = str(tmp_path / ("audio" if source[0] == "--audio" else "shards"))
+        embed_job.run([*source, "--model", tiny_model_uri, "--output", out, "--shards", shard_count, *runner_args])
+        table = read_embeddings(out)
+        assert list(table.index) == list(reference.index)
+        np.testing.assert_allclose(np.stack(table["embedding"]), np.stack(reference["embedding"]), atol=1e-6)
+        assert [(e["track_id"], e["stage"]) for e in read_errors(out)] == [("blip", "too_short")]
+        assert len(committed(out, schema.EMBEDDINGS_PREFIX)) == int(shard_count)
+
+
+def test_a_truncated_shard_gives_the_tracks_before_the_damage_and_one_dead_letter(shards, tiny_model_uri, tmp_path, capsys):
+    """`head -c 30000` of a shard: the records before the cut are embedded, the shard
+    is one short dead letter (stage, how far it was read), and the job exits 0."""
+    import tensorflow as tf
+
+    records = sorted(
+        (item.numpy() for path in committed(shards, "features") for item in tf.data.TFRecordDataset(path, compression_type="GZIP")),
+        key=len,
+    )
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    shard = damaged / "features-00000-of-00001.tfrecord.gz"
+    with tf.io.TFRecordWriter(str(shard), options="GZIP") as writer:
+        for record in records:
+            writer.write(record)
+    cut = min(30000, shard.stat().st_size // 2)
+    shard.write_bytes(shard.read_bytes()[:cut])
+    complete = _complete_records(shard.read_bytes())
+    assert 0 < complete < len(records)
+
+    out = str(tmp_path / "out")
+    assert embed_job.run(["--features", str(shard), "--model", tiny_model_uri, "--output", out, *IN_MEMORY]) == 0
+    from musicrep.features import parse_record
+
+    expected = {parse_record(r).track_id for r in records[:complete]}
+    errors = read_errors(out)
+    (letter,) = [e for e in errors if e["stage"] == "read_shard"]
+    assert letter["uri"] == str(shard) and letter["error_type"] == "DamagedShardError"
+    assert f"read {complete} record(s)" in letter["message"] and len(letter["message"]) < 400
+    too_short = {e["track_id"] for e in errors if e["stage"] == "too_short"}
+    assert set(read_embeddings(out).index) | too_short == expected
+    # Every complete record is a row or a dead letter, and the damaged shard one more.
+    assert f"{complete + 1} tracks read" in capsys.readouterr().out
+
+
+def _complete_records(truncated_gzip: bytes) -> int:
+    """Whole TFRecord frames in the part of a gzip stream that decompresses (zlib's
+    streaming decoder, independent of the job's reader)."""
+    import struct
+    import zlib
+
+    data = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(truncated_gzip)
+    count = offset = 0
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[offset : offset + 8])
+        if offset + 16 + length > len(data):
+            break
+        offset += 16 + length
+        count += 1
+    return count
+
+
+def test_read_shard_file_called_directly_on_whole_corrupt_and_missing_shards(shards, tmp_path):
+    import tensorflow as tf
+
+    (path,) = committed(shards, "features")
+    expected = [item.numpy() for item in tf.data.TFRecordDataset(path, compression_type="GZIP")]
+    assert list(embed_transforms.ReadShardFile().process(path)) == expected
+    # A record whose stored checksum no longer matches its bytes (uncompressed stream).
+    flipped = bytearray(b"".join(_frame(r, tmp_path / "frame.tfrecord") for r in expected))
+    flipped[16 + len(expected[0]) + 12 + 5] ^= 0xFF  # inside the second record's data
+    corrupt = tmp_path / "corrupt.tfrecord.gz"
+    corrupt.write_bytes(gzip.compress(bytes(flipped)))
+    *records, letter = embed_transforms.ReadShardFile().process(str(corrupt))
+    assert records == expected[:1]
+    assert letter.tag == "errors" and letter.value["stage"] == "read_shard"
+    assert "read 1 record(s)" in letter.value["message"] and "checksum" in letter.value["message"]
+    (missing,) = embed_transforms.ReadShardFile().process(str(tmp_path / "gone.tfrecord.gz"))
+    assert missing.value["error_type"] == "FileNotFoundError"
+
+
+def _frame(record: bytes, path) -> bytes:
+    """One TFRecord frame, with TensorFlow's own writer as the reference."""
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(record)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("flags", [["--hop-s", "0.004"], ["--window-s", "0.001"], ["--max-windows", "0"], ["--batch-size", "0"]])
+def test_window_and_batch_settings_that_give_no_work_are_usage_errors_before_any_work(
+    shards, tiny_model_uri, tmp_path, capsys, flags
+):
+    from musicrep import cli
+
+    out = tmp_path / "out"
+    assert cli.main(["embed", "--features", str(shards), "--model", tiny_model_uri, "--output", str(out), *flags]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("musicrep embed: ") and error.count("\n") == 1
+    assert not out.exists()

@@ -38,9 +38,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from mule_reference import FRONT_END_CONFIG, reference_model
+from mule_reference import TIMELINE_CONFIG, reference_model
 from musicrep import cli
-from musicrep.synth_catalog import encode_audio, plan_catalog, render_track
+from musicrep.testing import encode_audio, plan_catalog, render_track
 from oracle_env import run_oracle_program
 
 pytestmark = pytest.mark.slow
@@ -48,22 +48,6 @@ pytestmark = pytest.mark.slow
 IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
 DURATION_S = 11.6  # 1161 frames at 100 frames/s
 N_WINDOWS = len(range(200, 1161, 200))
-
-# The release's timeline settings (3 s windows at 0.5 Hz, then the track average) after the
-# reference front end; {model} is the oracle's copy of the random reference weights.
-TIMELINE_CONFIG = FRONT_END_CONFIG + """\
-    - EmbeddingFeature:
-        model_location: "{model}"
-        extractor:
-          SliceExtractor:
-            look_backward: 150
-            look_forward: 150
-            hop: 200
-            standard_normalize: true
-    - TimelineAverage:
-        extractor:
-          BlockExtractor: null
-"""
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from audio_files import tone, write_audio
+from job_outputs import assert_only_committed, committed, read_dead_letters
 from musicrep.errors import ConfigError
 from musicrep.features import decode, log_mel, parse_record, read_shards
 from musicrep.features.config import DEFAULT_FEATURE_CONFIG
@@ -24,16 +25,17 @@ RUNNER_ARGS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_proc
 
 
 def read_outputs(output_dir: str) -> tuple[dict, list[dict]]:
+    """The committed records by track id and the dead letters; the directory holds
+    nothing else and the manifest's counts are the files' contents."""
+    manifest = assert_only_committed(output_dir)
     records = {}
-    for path in sorted(glob.glob(os.path.join(output_dir, "features-*-of-*.tfrecord.gz"))):
+    for path in committed(output_dir, "features"):
         for serialized in _tfrecords(path):
             record = parse_record(serialized)
             assert record.track_id not in records, f"{record.track_id} written twice"
             records[record.track_id] = record
-    errors = []
-    for path in sorted(glob.glob(os.path.join(output_dir, "errors-*-of-*.jsonl"))):
-        with open(path, encoding="utf-8") as handle:
-            errors += [json.loads(line) for line in handle if line.strip()]
+    errors = read_dead_letters(output_dir)
+    assert manifest["counts"] == {"features": len(records), "errors": len(errors)}
     return records, errors
 
 
@@ -92,7 +94,7 @@ def test_job_writes_features_equal_to_the_bare_functions(good_catalog, tmp_path)
     records, errors = read_outputs(out)
     assert errors == []
     assert sorted(records) == ["Café del mar", "a", "d", "sub/b"]
-    assert len(glob.glob(f"{out}/features-*-of-00002.tfrecord.gz")) == 2
+    assert len(committed(out, "features")) == 2
     for path in glob.glob(f"{good_catalog}/**/*.*", recursive=True):
         track_id = os.path.splitext(os.path.relpath(path, good_catalog))[0]
         record = records[track_id]
@@ -150,15 +152,45 @@ def test_csv_manifest_and_rerun_replaces_previous_shards(good_catalog, tmp_path)
     job.run(["--input", f"{good_catalog}/**", "--output", out, "--shards", "3", *RUNNER_ARGS])
     assert len(glob.glob(f"{out}/features-*")) == 3
     job.run(["--input", str(manifest), "--output", out, "--shards", "1", *RUNNER_ARGS])
-    assert [os.path.basename(p) for p in glob.glob(f"{out}/features-*")] == ["features-00000-of-00001.tfrecord.gz"]
+    (shard,) = glob.glob(f"{out}/features-*")
+    assert shard.endswith("-00000-of-00001.tfrecord.gz")
     records, errors = read_outputs(out)
     assert list(records) == ["001"] and errors == []
+
+
+@pytest.mark.slow
+def test_runs_into_the_same_directory_give_the_last_runs_complete_set(mixed_catalog, tmp_path, runner_args):
+    """Issue 10: a second run with the same sizes of files used to keep the old files
+    (Beam skips equal-size destinations) and the clean-up then deleted them; on Prism the
+    clean-up deleted everything. Every run now commits fresh names."""
+    out = str(tmp_path / "out")
+    runs = []
+    for shards in ("2", "2", "1"):
+        job.run(["--input", f"{mixed_catalog}/*", "--output", out, "--shards", shards, *runner_args])
+        records, errors = read_outputs(out)
+        assert sorted(records) == ["a", "b"]
+        assert [(e["track_id"], e["stage"]) for e in errors] == [("bad", "decode")]
+        assert len(committed(out, "features")) == int(shards)
+        runs.append(records)
+    for records in runs[1:]:
+        for track_id, record in records.items():
+            assert record.log_mel.tobytes() == runs[0][track_id].log_mel.tobytes()
+            assert record.content_sha256 == runs[0][track_id].content_sha256
+
+
+def test_read_shards_follows_the_manifest(good_catalog, tmp_path):
+    out = str(tmp_path / "out")
+    job.run(["--input", f"{good_catalog}/*.wav", "--output", out, "--dtype", "float32", *RUNNER_ARGS])
+    # A killed later run left a shard with a committed-looking name: readers skip it.
+    (tmp_path / "out" / "features-19990101T000000Z-dead00-00000-of-00001.tfrecord.gz").write_bytes(b"partial")
+    for pattern in (out, f"{out}/features-*.tfrecord.gz"):
+        assert [e["track_id"].numpy() for e in read_shards(pattern)] == [b"a"]
 
 
 def test_read_shards_parses_float16_shards(good_catalog, tmp_path):
     out = str(tmp_path / "out")
     job.run(["--input", f"{good_catalog}/*.wav", "--output", out, *RUNNER_ARGS])
-    (element,) = list(read_shards(f"{out}/features-*.tfrecord.gz"))
+    (element,) = list(read_shards(out))
     expected = log_mel(decode((good_catalog / "a.wav").read_bytes()))
     assert element["track_id"].numpy() == b"a"
     assert element["log_mel_dtype"].numpy() == b"float16"

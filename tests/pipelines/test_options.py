@@ -38,3 +38,18 @@ def test_a_job_may_choose_its_default_worker_count():
     assert (direct.direct_num_workers, direct.direct_running_mode) == (1, "multi_processing")
     direct = make_pipeline_options(["--direct_num_workers", "2"], default_workers=1).view_as(DirectOptions)
     assert direct.direct_num_workers == 2
+
+
+def test_prism_runners_use_the_local_binary_unless_told_otherwise(tmp_path, monkeypatch):
+    from apache_beam.options.pipeline_options import PrismRunnerOptions
+
+    binary = tmp_path / "prism"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("MUSICREP_PRISM", str(binary))
+    for runner in ("PrismRunner", "DirectRunner"):
+        options = make_pipeline_options([f"--runner={runner}"])
+        assert options.view_as(PrismRunnerOptions).prism_location == str(binary)
+    options = make_pipeline_options(["--runner=PrismRunner", "--prism_location=/opt/prism"])
+    assert options.view_as(PrismRunnerOptions).prism_location == "/opt/prism"
+    assert make_pipeline_options([]).view_as(PrismRunnerOptions).prism_location is None

@@ -5,15 +5,24 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
+
+from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
+from musicrep.features.shards import FeatureRecord, serialize_record
 
 SHARD_NAME = "features-{index:05d}-of-{count:05d}.tfrecord.gz"
 
 
-def write_shards(directory: str, tracks: list[tuple[str, np.ndarray]], *, n_shards: int = 1, dtype: str = "float32") -> str:
-    """Writes (track_id, log_mel [frames, 96]) round-robin into n_shards gzip shards; returns the glob."""
-    import tensorflow as tf
-
-    from musicrep.features.shards import FeatureRecord, serialize_record
+def write_shards(
+    directory: str,
+    tracks: list[tuple[str, np.ndarray]],
+    *,
+    n_shards: int = 1,
+    dtype: str = "float32",
+    features: FeatureConfig = DEFAULT_FEATURE_CONFIG,
+) -> str:
+    """Writes (track_id, log_mel [frames, n_mels]) round-robin into n_shards gzip shards as
+    made with the front end `features`; returns the glob."""
 
     os.makedirs(directory, exist_ok=True)
     writers = [
@@ -25,11 +34,11 @@ def write_shards(directory: str, tracks: list[tuple[str, np.ndarray]], *, n_shar
             track_id=track_id,
             uri=f"synthetic://{track_id}",
             content_sha256="0" * 64,
-            sample_rate=16000,
-            duration_s=log_mel.shape[0] / 100.0,
+            sample_rate=features.sample_rate_hz,
+            duration_s=log_mel.shape[0] / features.frames_per_second,
             log_mel=log_mel,
-            feature_config="{}",
-            feature_version="musicrep-logmel-1",
+            feature_config=features.to_json(),
+            feature_version=features.version,
         )
         writers[index % n_shards].write(serialize_record(record, dtype=dtype))
     for writer in writers:

@@ -10,11 +10,10 @@ import textwrap
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-tf = pytest.importorskip("tensorflow")
-
-from musicrep.errors import ConfigError  # noqa: E402
-from musicrep.model import losses, mixup, schedules  # noqa: E402
+from musicrep.errors import ConfigError
+from musicrep.model import losses, mixup, schedules
 
 
 def numpy_nt_xent(z_a: np.ndarray, z_b: np.ndarray, temperature: float) -> float:

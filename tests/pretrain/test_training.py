@@ -6,13 +6,13 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-tf = pytest.importorskip("tensorflow")
-
-from musicrep.errors import ConfigError  # noqa: E402
-from musicrep.model import load, read_metadata  # noqa: E402
-from musicrep.model.pretrain import run as pretrain_run  # noqa: E402
-from musicrep.model.training import NonFiniteLossError, TrainConfig, train  # noqa: E402
+from musicrep import cli
+from musicrep.errors import ConfigError
+from musicrep.features.config import FeatureConfig
+from musicrep.model import NonFiniteLossError, TrainConfig, load, read_metadata, train
+from musicrep.model.pretrain import run as pretrain_run
 
 STEPS = 18
 
@@ -118,10 +118,10 @@ def test_non_finite_loss_raises_with_the_step(learnable_catalog, tmp_path, monke
 
 
 def test_cli_refuses_bad_invocations(tmp_path, capsys):
-    assert pretrain_run(["supervised", "--features", "x*", "--output", str(tmp_path / "a")]) == 2
-    assert "needs labels" in capsys.readouterr().err
-    assert pretrain_run(["simclr", "--resume", "--output", str(tmp_path / "b")]) == 2
-    assert "nothing to resume" in capsys.readouterr().err
+    assert cli.main(["pretrain", "supervised", "--features", "x*", "--output", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err == "musicrep pretrain: supervised pre-training needs labels (--labels CSV/Parquet)\n"
+    assert cli.main(["pretrain", "simclr", "--resume", "--output", str(tmp_path / "b")]) == 2
+    assert capsys.readouterr().err == f"musicrep pretrain: {tmp_path / 'b'} has no config.json: nothing to resume\n"
     with pytest.raises(SystemExit):
         pretrain_run(["simclr", "--positive-max-distance-s", "soon", "--output", "c"])
 
@@ -139,3 +139,40 @@ def test_cli_builds_the_config(tmp_path):
     paper = TrainConfig(objective="supervised", features="f", output_dir="o", labels="l.csv")
     assert (paper.global_batch_size, paper.steps, paper.warmup_steps, paper.peak_lr) == (512, 200_000, 5_000, 2e-4)
     assert paper.projector_widths == (4096, 4096, 4096) and paper.decay_steps == 195_000
+
+
+def test_the_export_records_the_front_end_of_the_shards_it_trained_on(shard_writer, tmp_path, rng):
+    # Not the default front end: another resampler (same 96 bands, so the model fits).
+    front_end = FeatureConfig(resampler="soxr_hq")
+    tracks = [(f"t{i}", rng.random((320, 96), dtype=np.float32)) for i in range(4)]
+    pattern = shard_writer(str(tmp_path / "shards"), tracks, features=front_end)
+    config = tiny_config({"pattern": pattern}, tmp_path / "run", batch_size=2, steps=2, warmup_steps=1)
+    result = train(config, progress=False)
+    metadata = read_metadata(result.export_dir)
+    assert metadata.features == front_end
+    assert metadata.feature_config_sha256 == front_end.sha256()
+
+
+def test_shards_of_another_mel_size_are_refused_before_training(shard_writer, tmp_path, rng):
+    front_end = FeatureConfig(n_mels=64)
+    pattern = shard_writer(str(tmp_path / "shards"), [("t0", rng.random((320, 64), dtype=np.float32))],
+                           features=front_end)
+    config = tiny_config({"pattern": pattern}, tmp_path / "run", batch_size=2, steps=2, warmup_steps=1)
+    with pytest.raises(ConfigError, match="hold 64 mel bands; SF-NFNet tiny takes 96"):
+        train(config, progress=False)
+    assert not os.path.exists(os.path.join(config.output_dir, "checkpoints"))
+
+
+@pytest.mark.gpu
+def test_on_gpus_the_run_is_mirrored_and_bf16_xla_training_learns(learnable_catalog, tmp_path):
+    from musicrep.model.training import make_strategy
+
+    strategy = make_strategy()
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    assert isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync == gpus
+    config = tiny_config(learnable_catalog, tmp_path / "run", batch_size=8 * gpus, mixed_precision=True, xla=True)
+    result = train(config, progress=False, strategy=strategy)
+    first, last = falls(read_metrics(config.output_dir))
+    assert last < first - 0.3, (first, last)
+    # The export is policy-free: float32 weights whatever the run computed in.
+    assert {weight.dtype for weight in load(result.export_dir).weights} == {"float32"}

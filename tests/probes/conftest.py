@@ -1,4 +1,4 @@
-"""Planted probe data: Parquet embeddings in the embed job's schema plus a labels CSV.
+"""Planted probe data: Parquet embeddings as the embed job writes them plus a labels CSV.
 
 Embeddings are label signal + Gaussian noise, so a probe can learn them; shuffling the
 labels destroys the signal.
@@ -14,6 +14,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
+from musicrep.pipelines.schema import SCHEMA_VERSION
 from musicrep.probes.keys import key_name
 
 DIM = 16
@@ -21,13 +22,13 @@ SPLIT_SIZES = {"train": 480, "valid": 160, "test": 160}
 
 
 def embedding_schema(dim: int) -> pa.Schema:
-    """The embed job's Parquet schema (SPEC: one row per track)."""
+    """The embed job's Parquet columns (SPEC: one row per track) and its version tag."""
     return pa.schema([
         ("track_id", pa.string()), ("uri", pa.string()), ("content_sha256", pa.string()),
         ("duration_s", pa.float64()), ("n_windows", pa.int32()), ("window_s", pa.float32()),
         ("hop_s", pa.float32()), ("embedding", pa.list_(pa.float32(), dim)),
         ("model_id", pa.string()), ("feature_config_sha256", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC"))])
+        ("created_at", pa.timestamp("us", tz="UTC"))], metadata={"musicrep_schema": SCHEMA_VERSION})
 
 
 def write_embedding_files(directory: pathlib.Path, track_ids: list[str], vectors: np.ndarray,

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -45,6 +46,32 @@ def test_probe_multiclass_end_to_end(planted_files, tmp_path, capsys):
     assert agree == pytest.approx(accuracy["mean"])
 
 
+def test_probe_and_suite_take_another_models_parquet(planted_arrays, embedding_writer, tmp_path, capsys):
+    # Embeddings made elsewhere: pandas writes a plain list<double> column and no provenance.
+    track_ids, vectors, columns = planted_arrays("multiclass")
+    pd.DataFrame({"track_id": track_ids, "embedding": list(vectors.astype(np.float64))}).to_parquet(
+        tmp_path / "other.parquet")
+    labels = embedding_writer[1](tmp_path / "labels.csv", track_ids, columns)
+    out = tmp_path / "out"
+    assert musicrep_cli.main(["probe", "--embeddings", str(tmp_path / "other.parquet"), "--labels", labels,
+                              "--task", "multiclass", "--label-column", "instrument", "--seeds", "1",
+                              "--output", str(out), "--grid", "lr=3e-3,steps=200,l2=0",
+                              "--warmup-steps", "20", "--bootstrap", "0"]) == 0
+    assert "model unknown" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["embedding"] == {"model_id": "unknown", "feature_config_sha256": "unknown", "dim": 16}
+    assert report["metrics"]["accuracy"]["mean"] > 0.9
+    config = tmp_path / "suite.yaml"
+    config.write_text(f"""
+output: {tmp_path / 'suite'}
+defaults: {{seeds: 1, grid: "lr=3e-3,steps=200,l2=0", warmup_steps: 20, bootstrap: 0}}
+models: {{other: "{tmp_path / 'other.parquet'}"}}
+probes: [{{dataset: Instrument, task: multiclass, labels: "{labels}", label_column: instrument}}]
+""")
+    assert musicrep_cli.main(["probe-suite", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith("| other | ")
+
+
 def test_probe_key_preset_reports_its_rule(planted_files, tmp_path):
     embeddings, labels = planted_files("key")
     out = tmp_path / "key"
@@ -73,8 +100,10 @@ def test_missing_tracks_fail_clearly_and_allow_missing_reports_them(
     argv = ["--embeddings", embeddings, "--labels", labels, "--task", "multiclass",
             "--label-column", "instrument", "--seeds", "1", "--output", str(tmp_path / "out"),
             "--grid", "lr=3e-3,steps=100,l2=0", "--warmup-steps", "10", "--bootstrap", "0"]
-    assert cli.run(argv) == 2
-    assert "3 labelled track(s) have no embedding" in capsys.readouterr().err
+    assert musicrep_cli.main(["probe", *argv]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("musicrep probe: 3 labelled track(s) have no embedding")
+    assert error.count("\n") == 1 and "Traceback" not in error
     assert cli.run(argv + ["--allow-missing"]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["tracks"]["left_out"]["labelled_without_embedding"] == {
@@ -84,9 +113,9 @@ def test_missing_tracks_fail_clearly_and_allow_missing_reports_them(
 
 def test_probe_refuses_contradicting_task(planted_files, tmp_path, capsys):
     embeddings, labels = planted_files("multiclass")
-    assert cli.run(["--embeddings", embeddings, "--labels", labels, "--preset", "MTT",
-                    "--task", "key", "--output", str(tmp_path)]) == 2
-    assert "--task key contradicts preset MTT (multilabel)" in capsys.readouterr().err
+    assert musicrep_cli.main(["probe", "--embeddings", embeddings, "--labels", labels, "--preset", "MTT",
+                              "--task", "key", "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "musicrep probe: --task key contradicts preset MTT (multilabel)\n"
 
 
 def test_probe_suite_prints_the_table(planted_files, tmp_path, capsys):
@@ -124,5 +153,5 @@ probes: [{{preset: MTT, labels: "{multilabel[1]}"}}]
 def test_suite_config_errors(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("models: {}\nprobes: []\n")
-    assert suite.run(["--config", str(config)]) == 2
-    assert "needs a non-empty 'models'" in capsys.readouterr().err
+    assert musicrep_cli.main(["probe-suite", "--config", str(config)]) == 2
+    assert capsys.readouterr().err == "musicrep probe-suite: suite config needs a non-empty 'models' dict\n"

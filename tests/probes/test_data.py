@@ -1,5 +1,6 @@
 """Reading embeddings and labels, and joining them on track_id."""
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -117,3 +118,38 @@ def test_label_errors_echo_the_problem(tmp_path, rng, embedding_writer):
     with pytest.raises(ConfigError, match=r"no labelled track with an embedding in split\(s\) \['test'\]"):
         join_tracks(embeddings, _labels(ids, ["train", "valid", "valid"], ["x"] * 3),
                     task="multiclass", label_columns=("label",))
+
+
+def test_foreign_parquet_with_a_plain_list_column_is_read_with_unknown_provenance(tmp_path, rng):
+    # What another model's pipeline might write: pandas, float64 lists, no musicrep metadata.
+    vectors = rng.standard_normal((5, 3))
+    frame = pd.DataFrame({"track_id": [f"t{i}" for i in range(5)], "embedding": list(vectors),
+                              "note": ["x"] * 5})
+    frame.to_parquet(tmp_path / "other.parquet")
+    assert pa.types.is_list(pq.read_schema(tmp_path / "other.parquet").field("embedding").type)
+    embeddings = read_embeddings(str(tmp_path / "other.parquet"))
+    assert (embeddings.model_id, embeddings.feature_config_sha256) == ("unknown", "unknown")
+    np.testing.assert_array_equal(embeddings.track_ids, [f"t{i}" for i in range(5)])
+    np.testing.assert_allclose(embeddings.vectors, vectors.astype(np.float32))
+    assert embeddings.vectors.dtype == np.float32
+
+
+def test_embeddings_of_different_lengths_or_no_list_are_refused(tmp_path):
+    pq.write_table(pa.table({"track_id": ["a", "b"], "embedding": [[1.0, 2.0], [3.0]]}), tmp_path / "ragged.parquet")
+    with pytest.raises(ConfigError, match=r"embeddings of different lengths \[1, 2\]"):
+        read_embeddings(str(tmp_path / "ragged.parquet"))
+    pq.write_table(pa.table({"track_id": ["a"], "embedding": ["1,2"]}), tmp_path / "text.parquet")
+    with pytest.raises(ConfigError, match="must be a list of numbers; got string"):
+        read_embeddings(str(tmp_path / "text.parquet"))
+    pq.write_table(pa.table({"track_id": ["a"], "vector": [[1.0]]}), tmp_path / "named.parquet")
+    with pytest.raises(ConfigError, match=r"lacks column\(s\) \['embedding'\]"):
+        read_embeddings(str(tmp_path / "named.parquet"))
+
+
+def test_a_musicrep_parquet_of_another_schema_version_names_both_versions(tmp_path):
+    table = pa.table({"track_id": ["a"], "embedding": [[1.0, 2.0]]})
+    pq.write_table(table.replace_schema_metadata({"musicrep_schema": "musicrep-embeddings-0"}),
+                   tmp_path / "old.parquet")
+    with pytest.raises(ConfigError, match=r"version 'musicrep-embeddings-0', but this musicrep reads "
+                                          r"'musicrep-embeddings-\d+'"):
+        read_embeddings(str(tmp_path / "old.parquet"))

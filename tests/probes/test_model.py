@@ -40,7 +40,7 @@ def test_schedule_warms_up_linearly_then_cosine_to_zero():
     assert lr(100) == pytest.approx(1e-3)
     assert lr(600) == pytest.approx(5e-4, rel=1e-5)  # half-way through the cosine
     assert lr(1100) == pytest.approx(0.0, abs=1e-12)
-    with pytest.raises(ConfigError, match="warm-up of 1000 steps needs more total steps"):
+    with pytest.raises(ConfigError, match=r"warmup_steps=1000, total_steps=500 \(lower --warmup-steps"):
         learning_rate_schedule(learning_rate=1e-3, steps=500, warmup_steps=1000)
 
 

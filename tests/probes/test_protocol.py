@@ -45,7 +45,12 @@ def test_seeds_spread_and_bootstrap_interval(planted_files):
                           resamples=200)
     assert len(result.test["accuracy"]) == 2
     mean, spread = result.summary("accuracy")
-    assert spread >= 0
+    first, second = result.test["accuracy"]
+    # Two seeds: mean and sample standard deviation |a − b| / √2.
+    assert mean == pytest.approx((first + second) / 2)
+    assert spread == pytest.approx(abs(first - second) / np.sqrt(2))
+    # The seeds train different networks (a copied seed would give a spread of 0 by itself).
+    assert not np.array_equal(result.test_predictions[0], result.test_predictions[1])
     low, high = result.intervals["accuracy"]
     assert low <= mean <= high and high - low < 0.2
     assert len(result.test_predictions) == 2

@@ -1,4 +1,5 @@
-"""A small labelled catalog of music-like audio, synthesised: the demo's and the tests' data.
+"""Data for the tests and the demo (not used by the jobs): a small labelled catalog of
+music-like audio, synthesised.
 
 `musicrep synth-catalog DIR --tracks N [--seed S] [--duration-s D]` writes N tracks and a
 `labels.csv` into DIR. Each track is a short piece in one of the 24 keys: block chords of a
@@ -48,10 +49,13 @@ import time
 import av
 import numpy as np
 
+from musicrep.labels import TAG_SEPARATOR
+from musicrep.labels import read_labels as read_label_table
+from musicrep.probes.keys import TONIC_NAMES, key_name
+
 logger = logging.getLogger(__name__)
 
-TONIC_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
-MODES = ("major", "minor")
+MODES = ("major", "minor")  # in the order of musicrep.probes.keys' classes
 _SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
 # Progressions as 0-based scale degrees; every one starts on the tonic chord. In minor
 # the dominant (degree 4) is played major (raised leading tone), as in common practice.
@@ -245,7 +249,7 @@ class TrackSpec:
 
     @property
     def key(self) -> str:
-        return f"{TONIC_NAMES[self.tonic]} {self.mode}"
+        return key_name(self.tonic + len(TONIC_NAMES) * MODES.index(self.mode))
 
     @property
     def tempo_bucket(self) -> str:
@@ -398,7 +402,7 @@ def write_synth_catalog(
             "pitch": spec.pitch,
             "key": spec.key,
             "instrument": spec.instrument,
-            "tags": "|".join((spec.instrument, spec.mode, spec.tempo_bucket)),
+            "tags": TAG_SEPARATOR.join((spec.instrument, spec.mode, spec.tempo_bucket)),
             "duration_s": round(audio.shape[1] / spec.sample_rate_hz, 6),
             "file": file_name,
             "sample_rate_hz": spec.sample_rate_hz,
@@ -413,16 +417,9 @@ def write_synth_catalog(
     return rows
 
 
-def read_labels(directory: str) -> list[dict]:
-    """The rows of `directory/labels.csv` as written (pitch, channels, rates as int)."""
-    with open(os.path.join(directory, "labels.csv"), newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for column in ("pitch", "sample_rate_hz", "channels"):
-            row[column] = int(row[column])
-        for column in ("duration_s", "tempo_bpm"):
-            row[column] = float(row[column])
-    return rows
+def read_catalog_labels(directory: str) -> list[dict]:
+    """The rows of `directory/labels.csv` as written (numbers typed by their values)."""
+    return read_label_table(os.path.join(directory, "labels.csv"), required=LABEL_COLUMNS).to_pylist()
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -1,0 +1,220 @@
+"""Inference engines for musicrep exports: windows [b, n_mels, frames] → embeddings [b, d].
+
+    embed = load_embedder(uri, engine="openvino", precision="bf16")
+    z = embed(windows)        # float32 numpy in, float32 numpy out
+
+Both engines read the same export (`model.keras` + `model.json`):
+
+- `tf`: the Keras model under `tf.function`, kernels standardised once at load
+  (`WSConv2D.fold_standardisation`); bf16 rebuilds it under Keras' `mixed_bfloat16`
+  policy (slice standardisation and the head stay float32).
+- `openvino`: the export converted once per machine to OpenVINO IR (kernels standardised
+  at conversion, see `WSConv2D.fold_standardisation`), cached in the temporary directory
+  under the model_id and the OpenVINO version, compiled for the CPU with
+  `INFERENCE_PRECISION_HINT` f32 or bf16.
+
+bf16 needs bfloat16 units: on a CPU, the `amx_bf16` or `avx512_bf16` flag (Intel Xeon 4th
+generation and later; AMD Zen 4 and later have avx512_bf16); with the `tf` engine, a GPU
+also qualifies. Elsewhere bf16 is refused with ConfigError rather than emulated: emulated
+bf16 is slower than fp32 and changes the numbers for nothing.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import threading
+from typing import Callable
+
+import numpy as np
+
+from musicrep.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("tf", "openvino")
+PRECISIONS = ("fp32", "bf16")
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+# Bumped when the conversion changes, so machines do not reuse IR made the old way.
+CONVERSION_VERSION = 1
+
+Embedder = Callable[[np.ndarray], np.ndarray]
+
+_loaded: dict[tuple, Embedder] = {}
+_lock = threading.Lock()
+
+
+def cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The feature flags of the first CPU in `cpuinfo_path` (empty where there is no such file)."""
+    try:
+        with open(cpuinfo_path) as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU computes in bfloat16 natively (AMX or AVX-512 BF16)."""
+    return bool(BF16_CPU_FLAGS & cpu_flags())
+
+
+def check_names(*, engine: str, precision: str) -> None:
+    """Raises ConfigError for an unknown engine or precision."""
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+
+
+def check_precision(precision: str, *, engine: str, gpu: bool = False) -> None:
+    """Raises ConfigError for an unknown engine or precision, or bf16 without bf16 hardware."""
+    check_names(engine=engine, precision=precision)
+    if precision == "bf16" and not cpu_has_bf16() and not (gpu and engine == "tf"):
+        raise ConfigError(
+            f"precision bf16 needs a CPU with {' or '.join(sorted(BF16_CPU_FLAGS))} "
+            f"(Intel Xeon 4th gen+, AMD Zen 4+){' or a GPU with --engine tf' if engine == 'tf' else ''}; "
+            f"this machine's CPU has neither, so use --precision fp32"
+        )
+
+
+def load_embedder(
+    uri: str,
+    *,
+    engine: str = "tf",
+    precision: str = "fp32",
+    cpu_threads: int | None = None,
+    jit_compile: bool = False,
+) -> Embedder:
+    """The export at `uri` as a function windows [b, n_mels, frames] float32 → [b, d] float32.
+
+    Loaded once per process for each (uri, engine, precision, threads): RunInference
+    may ask again for every DoFn instance of a worker.
+    """
+    key = (uri, engine, precision, cpu_threads, jit_compile)
+    with _lock:
+        if key not in _loaded:
+            if engine == "tf":
+                _loaded[key] = _tensorflow_embedder(uri, precision, cpu_threads, jit_compile)
+            else:
+                check_precision(precision, engine=engine)
+                _loaded[key] = _openvino_embedder(uri, precision, cpu_threads)
+        return _loaded[key]
+
+
+def _tensorflow_embedder(uri: str, precision: str, cpu_threads: int | None, jit_compile: bool) -> Embedder:
+    import keras
+    import tensorflow as tf
+
+    from musicrep.model.export import load, read_metadata
+    from musicrep.model.sf_nfnet import build_sf_nfnet
+
+    gpus = tf.config.list_physical_devices("GPU")
+    check_precision(precision, engine="tf", gpu=bool(gpus))
+    # Grow GPU memory on demand: several handlers (or a decoder) may share a GPU.
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if not gpus and cpu_threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)
+            tf.config.threading.set_inter_op_parallelism_threads(cpu_threads)
+        except RuntimeError:  # the runtime already started in this process: keep its pools
+            logger.warning("TensorFlow already initialised; cannot limit it to %d threads", cpu_threads)
+    model = load(uri)
+    if precision == "bf16":
+        # The dtype policy is global in Keras: set it only while the bf16 copy is built.
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("mixed_bfloat16")
+        try:
+            bf16_model = build_sf_nfnet(read_metadata(uri).sf_nfnet_config)
+        finally:
+            keras.config.set_dtype_policy(previous)
+        bf16_model.set_weights(model.get_weights())
+        model = bf16_model
+    _fold_standardisation(model, plain_convolution=False)
+    forward = tf.function(lambda windows: model(windows, training=False), jit_compile=jit_compile, reduce_retracing=True)
+    return lambda windows: np.asarray(forward(windows), dtype=np.float32)
+
+
+def _fold_standardisation(model, *, plain_convolution: bool) -> None:
+    from musicrep.model.layers import WSConv2D
+
+    for layer in model.layers:
+        if isinstance(layer, WSConv2D):
+            layer.fold_standardisation(plain_convolution=plain_convolution)
+
+
+def openvino_ir_path(model_id: str) -> str:
+    """Where this machine keeps the OpenVINO IR of model `model_id` (`.xml`, with its `.bin`)."""
+    import openvino
+
+    version = re.sub(r"[^0-9A-Za-z.]+", "_", openvino.__version__)  # "2026.4.1-22982-…/2026/4"
+    directory = os.path.join(tempfile.gettempdir(), "musicrep-openvino")
+    return os.path.join(directory, f"{model_id}-v{CONVERSION_VERSION}-ov{version}.xml")
+
+
+def convert_to_openvino(uri: str):
+    """The export at `uri` as an `openvino.Model` (float32 weights, standardised kernels folded)."""
+    import openvino
+    import tensorflow as tf
+
+    from musicrep.model.export import load, read_metadata
+
+    metadata = read_metadata(uri)
+    model = load(uri)
+    _fold_standardisation(model, plain_convolution=True)
+    signature = tf.TensorSpec([None, metadata.n_mels, None], tf.float32, name="log_mel")
+    forward = tf.function(lambda windows: model(windows, training=False), input_signature=[signature])
+    return openvino.convert_model(forward)
+
+
+def _openvino_embedder(uri: str, precision: str, cpu_threads: int | None) -> Embedder:
+    import openvino
+
+    from musicrep.model.export import read_metadata
+
+    path = openvino_ir_path(read_metadata(uri).model_id)
+    core = openvino.Core()
+    if os.path.exists(path):
+        ov_model = core.read_model(path)
+    else:
+        ov_model = convert_to_openvino(uri)
+        _save_ir(ov_model, path)
+    config = {
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        # Unpinned threads: a worker shares its cores with decoding and Beam's own threads,
+        # and pinned threads stall whenever another thread takes their core (measured on a
+        # busy 2-core machine: 3.4 windows/s pinned, 5.6 unpinned).
+        "ENABLE_CPU_PINNING": False,
+    }
+    if cpu_threads:
+        config["INFERENCE_NUM_THREADS"] = cpu_threads
+    compiled = core.compile_model(ov_model, "CPU", config)
+    request = compiled.create_infer_request()
+    logger.info("OpenVINO %s model from %s on %s", precision, uri, core.get_property("CPU", "FULL_DEVICE_NAME"))
+
+    busy = threading.Lock()  # one request: DoFn threads of a worker share this embedder
+
+    def embed(windows: np.ndarray) -> np.ndarray:
+        # share_inputs: no copy of the batch; outputs are copied (the request reuses its buffer).
+        with busy:
+            return np.array(request.infer({0: windows}, share_inputs=True)[0], dtype=np.float32)
+
+    return embed
+
+
+def _save_ir(ov_model, path: str) -> None:
+    """Writes the IR so that a concurrent reader sees it whole or not at all."""
+    import openvino
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(path), prefix="partial-") as tmp:
+        staged = os.path.join(tmp, "model.xml")
+        openvino.save_model(ov_model, staged, compress_to_fp16=False)
+        # Readers look for the .xml, so it goes last.
+        os.replace(staged[:-4] + ".bin", path[:-4] + ".bin")
+        os.replace(staged, path)

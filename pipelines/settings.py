@@ -1,0 +1,60 @@
+"""The settings of the jobs that run the model (embed, reembed): one set of options, turned
+into a WindowSpec and an InferenceSpec in the launcher, so a bad value is a usage error
+(exit 2) before any work starts."""
+from __future__ import annotations
+
+import argparse
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from musicrep.features.config import FeatureConfig
+from musicrep.features.windows import AGGREGATES, WindowSpec
+from musicrep.pipelines.inference import InferenceSpec, add_inference_arguments
+from musicrep.pipelines.options import threads_per_worker
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Window placement and pooling (SPEC §4), batching, engine and precision."""
+    default = WindowSpec()
+    parser.add_argument(
+        "--window-s", type=float, default=default.window_s, help=f"window length in seconds (default {default.window_s:g})"
+    )
+    parser.add_argument(
+        "--hop-s",
+        type=float,
+        default=default.hop_s,
+        help=f"hop between window centres in seconds (default {default.hop_s:g} = 0.5 Hz)",
+    )
+    parser.add_argument("--max-windows", type=int, default=None, help="embed at most this many windows per track")
+    parser.add_argument(
+        "--aggregate", choices=AGGREGATES, default=default.aggregate, help=f"window pooling (default {default.aggregate})"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=InferenceSpec.batch_size,
+        help=f"windows per model call (default {InferenceSpec.batch_size})",
+    )
+    parser.add_argument(
+        "--large-model", action="store_true", help="one model per machine shared by its worker processes (GPU workers)"
+    )
+    parser.add_argument("--model-copies", type=int, default=None, help="with --large-model: copies per machine")
+    add_inference_arguments(parser)
+
+
+def window_spec(args: argparse.Namespace, features: FeatureConfig) -> WindowSpec:
+    """The WindowSpec the options ask for, checked against the model's frame grid."""
+    spec = WindowSpec(window_s=args.window_s, hop_s=args.hop_s, max_windows=args.max_windows, aggregate=args.aggregate)
+    spec.frames(features)
+    return spec
+
+
+def inference_spec(args: argparse.Namespace, options: PipelineOptions) -> InferenceSpec:
+    return InferenceSpec(
+        batch_size=args.batch_size,
+        engine=args.engine,
+        precision=args.precision,
+        large_model=args.large_model,
+        model_copies=args.model_copies,
+        cpu_threads=threads_per_worker(options),
+    )

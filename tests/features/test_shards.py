@@ -1,0 +1,43 @@
+"""The shard schema: the version is written into every record and checked on read."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from musicrep.errors import RecordError
+from musicrep.features.shards import SCHEMA_VERSION, FeatureRecord, parse_example, parse_record, serialize_record
+
+
+def _record(rng) -> FeatureRecord:
+    return FeatureRecord(
+        track_id="t1", uri="file:///t1.wav", content_sha256="0" * 64, sample_rate=16000, duration_s=1.0,
+        log_mel=rng.random((101, 96), dtype=np.float32), feature_config="{}", feature_version="musicrep-logmel-1",
+    )
+
+
+def _with_version(serialized: bytes, version: str | None) -> bytes:
+    example = tf.train.Example.FromString(serialized)
+    if version is None:
+        del example.features.feature["schema_version"]
+    else:
+        example.features.feature["schema_version"].bytes_list.value[:] = [version.encode()]
+    return example.SerializeToString()
+
+
+def test_the_version_is_written_and_the_record_round_trips(rng):
+    record = _record(rng)
+    serialized = serialize_record(record, dtype="float32")
+    stored = tf.train.Example.FromString(serialized).features.feature["schema_version"].bytes_list.value
+    assert list(stored) == [SCHEMA_VERSION.encode()]
+    again = parse_record(serialized)
+    np.testing.assert_array_equal(again.log_mel, record.log_mel)
+    parsed = parse_example(tf.constant(serialized))
+    np.testing.assert_array_equal(parsed["log_mel"].numpy(), record.log_mel)
+
+
+@pytest.mark.parametrize("found, shown", [("musicrep-shard-0", "'musicrep-shard-0'"), (None, "none")])
+def test_another_or_no_version_is_a_record_error_naming_both(rng, found, shown):
+    serialized = _with_version(serialize_record(_record(rng)), found)
+    with pytest.raises(RecordError, match=f"schema version {shown}.*this musicrep reads '{SCHEMA_VERSION}'"):
+        parse_record(serialized)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=SCHEMA_VERSION):
+        parse_example(tf.constant(serialized))

@@ -1,0 +1,41 @@
+"""Reading a job's committed output the way readers do: through its manifest."""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from musicrep.manifest import MANIFEST_NAME, committed_files, read_manifest
+
+_RUN_ID = re.compile(r"-\d{8}T\d{6}Z-[0-9a-f]{6}-")
+
+
+def without_run_id(name: str) -> str:
+    """`embeddings-20261130T145003Z-b4978b-00000-of-00001.parquet` → `embeddings-00000-of-00001.parquet`."""
+    return _RUN_ID.sub("-", name)
+
+
+def committed(output_dir: str, kind: str) -> list[str]:
+    manifest = read_manifest(output_dir)
+    assert manifest is not None, f"{output_dir} has no manifest"
+    return committed_files(manifest, output_dir, kind)
+
+
+def read_dead_letters(output_dir: str) -> list[dict]:
+    errors = []
+    for path in committed(output_dir, "errors"):
+        with open(path, encoding="utf-8") as handle:
+            errors += [json.loads(line) for line in handle if line.strip()]
+    return errors
+
+
+def assert_only_committed(output_dir: str) -> dict:
+    """The directory holds the manifest and exactly the files it lists: no earlier run's
+    file, no staging folder, no Beam temp folder. Returns the manifest."""
+    manifest = read_manifest(output_dir)
+    assert manifest is not None, f"{output_dir} has no manifest"
+    listed = {entry["name"] for entry in manifest["files"]}
+    assert sorted(os.listdir(output_dir)) == sorted(listed | {MANIFEST_NAME})
+    for entry in manifest["files"]:
+        assert os.path.getsize(os.path.join(output_dir, entry["name"])) == entry["size_bytes"]
+    return manifest

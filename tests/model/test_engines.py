@@ -1,0 +1,87 @@
+"""Inference engines: OpenVINO equals Keras, folded weight standardisation, bf16 hardware checks."""
+import numpy as np
+import pytest
+
+from musicrep.errors import ConfigError
+from musicrep.model import SF_NFNET_VARIANTS, engines, save
+from musicrep.model.layers import WSConv2D
+
+
+@pytest.fixture(scope="module")
+def tiny_uri(tiny_model, tmp_path_factory) -> str:
+    uri = str(tmp_path_factory.mktemp("engines") / "tiny")
+    save(tiny_model, uri, config=SF_NFNET_VARIANTS["tiny"], source="test")
+    return uri
+
+
+@pytest.mark.parametrize("engine", engines.ENGINES)
+@pytest.mark.parametrize("frames", [300, 100])
+def test_fp32_engines_equal_keras(tiny_model, tiny_uri, rng, engine, frames):
+    """Both engines (kernels standardised once at load) compute the Keras forward; one
+    OpenVINO conversion serves every window length."""
+    windows = rng.standard_normal((5, 96, frames)).astype("float32")
+    expected = np.asarray(tiny_model(windows, training=False))
+    embed = engines.load_embedder(tiny_uri, engine=engine, precision="fp32")
+    actual = embed(windows)
+    assert actual.shape == expected.shape == (5, 224) and actual.dtype == np.float32
+    # float32 with another summation order: measured max |Δ| ≈ 2e-7 on values of ~1.
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+    assert engines.load_embedder(tiny_uri, engine=engine, precision="fp32") is embed  # once per process
+
+
+def test_openvino_ir_is_cached_per_model_id(tiny_uri):
+    from musicrep.model.export import read_metadata
+
+    path = engines.openvino_ir_path(read_metadata(tiny_uri).model_id)
+    engines.load_embedder(tiny_uri, engine="openvino", precision="fp32")
+    with open(path) as handle:
+        assert "<net " in handle.read(2000)
+
+
+def test_folded_layer_computes_the_same_convolution(rng):
+    """After fold_standardisation the layer convolves the kernel standardised at that
+    moment; its variables no longer matter (inference only)."""
+    x = rng.standard_normal((2, 6, 10, 4)).astype("float32")
+    layer = WSConv2D(8, (1, 3), strides=(2, 1), groups=2)
+    layer.build(x.shape)
+    layer.set_weights([rng.standard_normal(layer.kernel.shape) * 2 + 1, rng.standard_normal(8), rng.uniform(0.5, 2, 8)])
+    expected = np.asarray(layer(x))
+    layer.fold_standardisation()
+    layer.kernel.assign(np.zeros(layer.kernel.shape))
+    np.testing.assert_allclose(np.asarray(layer(x)), expected, atol=1e-6)
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16 amx_tile\n\nprocessor\t: 1\nflags\t: fpu\n")
+    assert engines.cpu_flags(str(cpuinfo)) == {"fpu", "avx2", "amx_bf16", "amx_tile"}
+    assert engines.cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+@pytest.mark.parametrize("flags, allowed", [({"avx2"}, False), ({"avx512_bf16"}, True), ({"amx_bf16"}, True)])
+def test_bf16_needs_bf16_units(monkeypatch, flags, allowed):
+    monkeypatch.setattr(engines, "cpu_flags", lambda: frozenset(flags))
+    engines.check_precision("fp32", engine="openvino")
+    if allowed:
+        engines.check_precision("bf16", engine="openvino")
+    else:
+        with pytest.raises(ConfigError, match="bf16 needs a CPU with amx_bf16 or avx512_bf16.*use --precision fp32"):
+            engines.check_precision("bf16", engine="openvino")
+        engines.check_precision("bf16", engine="tf", gpu=True)  # a GPU computes bf16 itself
+
+
+def test_bf16_is_refused_at_load_without_bf16_units(monkeypatch, tiny_uri):
+    import tensorflow as tf
+
+    monkeypatch.setattr(engines, "cpu_flags", lambda: frozenset({"avx2"}))
+    cpu_only = ["openvino"] if tf.config.list_physical_devices("GPU") else ["openvino", "tf"]
+    for engine in cpu_only:
+        with pytest.raises(ConfigError, match="bf16 needs a CPU"):
+            engines.load_embedder(tiny_uri, engine=engine, precision="bf16")
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ConfigError, match="unknown engine 'onnx'; known: tf, openvino"):
+        engines.check_names(engine="onnx", precision="fp32")
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'; known: fp32, bf16"):
+        engines.check_names(engine="tf", precision="fp16")

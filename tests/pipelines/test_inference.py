@@ -1,0 +1,102 @@
+"""The inference settings of the embed job: InferenceSpec, batching, engines, recorded columns."""
+import glob
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from audio_files import tone, write_audio
+from musicrep.errors import ConfigError
+from musicrep.model import engines
+from musicrep.pipelines import embed as embed_job
+from musicrep.pipelines import schema
+from musicrep.pipelines.inference import EmbeddingModelHandler, InferenceSpec, TrackWindows, iterate_batches
+
+IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
+
+
+def track(rng, track_id: str, n_frames: int, starts: list[int], length: int) -> TrackWindows:
+    return TrackWindows(track_id, track_id, "", n_frames / 100, "", rng.random((n_frames, 96), dtype=np.float32),
+                        np.array(starts), length)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"batch_size": 0}, "batch_size must be ≥ 1, got 0"),
+    ({"engine": "onnx"}, "unknown engine 'onnx'"),
+    ({"precision": "fp16"}, "unknown precision 'fp16'"),
+    ({"engine": "openvino", "jit_compile": True}, "jit_compile is a TensorFlow option"),
+])
+def test_spec_refuses_bad_settings(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        InferenceSpec(**fields)
+
+
+def test_batches_are_views_of_each_tracks_windows_cut_once(rng):
+    tracks = [track(rng, "x", 700, [50, 250, 400], 300), track(rng, "y", 400, [50, 100], 300)]
+    batches = list(iterate_batches(tracks, batch_size=2))
+    assert [owners for _, _, owners in batches] == [[(0, 0), (0, 1)], [(0, 2), (1, 0)], [(1, 1)]]
+    for _, windows, owners in batches:
+        for window, (i, j) in zip(windows, owners):
+            start = tracks[i].starts[j]
+            np.testing.assert_array_equal(window, tracks[i].log_mel[start : start + 300].T)
+    # One array per window length; the batches share its memory (no copy per window or batch).
+    bases = {id(windows.base) for _, windows, _ in batches}
+    assert len(bases) == 1 and batches[0][1].base is not None
+
+
+def test_engines_give_the_same_window_embeddings(tiny_model_uri, rng):
+    tracks = [track(rng, "x", 700, [50, 250, 400], 300), track(rng, "short", 120, [0], 120)]
+    results = {}
+    for engine in engines.ENGINES:
+        handler = EmbeddingModelHandler(tiny_model_uri, InferenceSpec(batch_size=2, engine=engine))
+        results[engine] = [r.inference for r in handler.run_inference(tracks, handler.load_model())]
+    assert [r.shape for r in results["tf"]] == [(3, 224), (1, 224)]
+    for ours, theirs in zip(results["openvino"], results["tf"]):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory) -> str:
+    directory = tmp_path_factory.mktemp("audio")
+    write_audio(str(directory / "a.wav"), tone(440.0, 9.0, 16000), 16000)
+    return str(directory)
+
+
+def read_rows(output_dir: str) -> list[dict]:
+    return [row for path in glob.glob(f"{output_dir}/embeddings-*.parquet") for row in pq.read_table(path).to_pylist()]
+
+
+def test_rows_record_engine_precision_and_window_settings(audio, tiny_model_uri, tmp_path):
+    out = str(tmp_path / "out")
+    embed_job.run(["--audio", f"{audio}/*.wav", "--model", tiny_model_uri, "--output", out,
+                   "--engine", "openvino", "--max-windows", "2", "--aggregate", "max", *IN_MEMORY])
+    (path,) = glob.glob(f"{out}/embeddings-*.parquet")
+    assert pq.read_schema(path).metadata[b"musicrep_schema"] == schema.SCHEMA_VERSION.encode() == b"musicrep-embeddings-2"
+    (row,) = read_rows(out)
+    assert (row["engine"], row["precision"], row["aggregate"], row["max_windows"], row["n_windows"]) == (
+        "openvino", "fp32", "max", 2, 2)
+
+
+def test_rows_of_another_engine_precision_or_window_setting_are_recomputed():
+    from musicrep.features.windows import WindowSpec
+
+    key = WindowSpec().key()
+    row = {"model_id": "m", "window_spec": key, "engine": "tf", "precision": "fp32"}
+
+    def made_by(*settings):
+        return embed_job._made_by(row, embed_job._reuse_key(*settings))
+
+    assert made_by("m", key, "tf", "fp32")
+    assert not made_by("m", key, "openvino", "fp32")
+    assert not made_by("m", key, "tf", "bf16")
+    assert not made_by("other", key, "tf", "fp32")
+    for other in (WindowSpec(hop_s=1.0), WindowSpec(window_s=2.0), WindowSpec(max_windows=4), WindowSpec(aggregate="max")):
+        assert not made_by("m", other.key(), "tf", "fp32")
+    assert not embed_job._made_by({"model_id": "m"}, embed_job._reuse_key("m", key, "tf", "fp32"))  # a version-1 row
+
+
+def test_job_refuses_bf16_without_bf16_units(audio, tiny_model_uri, tmp_path, monkeypatch):
+    monkeypatch.setattr(engines, "cpu_flags", lambda: frozenset({"avx2"}))
+    with pytest.raises(Exception, match="bf16 needs a CPU with amx_bf16 or avx512_bf16"):
+        embed_job.run(["--audio", f"{audio}/*.wav", "--model", tiny_model_uri, "--output", str(tmp_path / "out"),
+                       "--engine", "openvino", "--precision", "bf16", *IN_MEMORY])

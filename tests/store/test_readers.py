@@ -1,0 +1,52 @@
+"""The README's store reader snippets (deltalake/pandas, Polars, DuckDB) run against a real store."""
+from __future__ import annotations
+
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+from store_support import write_objects
+from musicrep.store.synthetic import synthetic_embedding, write_synthetic_export
+
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+
+
+def reader_snippets() -> list[str]:
+    text = README.read_text()
+    section = text[text.index("<!-- store-readers:begin -->") : text.index("<!-- store-readers:end -->")]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_reader_snippets_read_the_store(tmp_path, run_store):
+    model = str(tmp_path / "model-1728")
+    write_synthetic_export(model, model_id="synthetic-1728", embedding_size=1728)
+    catalog, store = tmp_path / "catalog", str(tmp_path / "store")
+    write_objects(catalog, [f"t{i:02d}" for i in range(12)])
+    run_store(catalog, store, model=model)
+    write_objects(catalog, ["t12"])
+    run_store(catalog, store, model=model)
+
+    snippets = reader_snippets()
+    assert len(snippets) == 3
+    namespace: dict = {}
+    for snippet in snippets:
+        exec(compile(snippet.replace("gs://BUCKET/store", store), str(README), "exec"), namespace)  # noqa: S102
+
+    frame, X = namespace["frame"], namespace["X"]
+    assert X.shape == (13, 1728) and X.dtype == np.float32
+    by_id = namespace["store"].to_pandas().set_index("track_id")
+    for track_id, embedding in zip(frame["track_id"], X):
+        np.testing.assert_array_equal(embedding, synthetic_embedding(by_id.loc[track_id, "content_sha256"], 1728))
+    assert namespace["previous"].num_rows == 12  # version 1: before t12 was added
+    assert namespace["per_model"].rows() == [("synthetic-1728", 13)]
+    assert namespace["counts"] == [("synthetic-1728", 13)]
+
+    neighbours = namespace["neighbours"]
+    query = X[list(frame["track_id"]).index(namespace["query_track"])]
+    cosine = X @ query / (np.linalg.norm(X, axis=1) * np.linalg.norm(query))
+    expected = [frame["track_id"].iloc[i] for i in np.argsort(-cosine)[:5]]
+    assert [track_id for track_id, _ in neighbours] == expected
+    np.testing.assert_allclose([s for _, s in neighbours], np.sort(cosine)[::-1][:5], rtol=0, atol=1e-5)
+    assert neighbours[0] == (namespace["query_track"], pytest.approx(1.0, abs=1e-6))
