@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import uuid
 from typing import BinaryIO, Iterable
 
@@ -27,6 +28,20 @@ class FileInfo:
     path: str
     size_bytes: int
     mtime_s: float
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def is_glob(pattern: str) -> bool:
+    """Whether `pattern` has wildcards (`*`, `?`, `[`), i.e. names files by matching."""
+    return _GLOB_CHARS.search(pattern) is not None
+
+
+def glob_start(pattern: str) -> int:
+    """Index of the first wildcard in `pattern`, or its length when it has none."""
+    match = _GLOB_CHARS.search(pattern)
+    return len(pattern) if match is None else match.start()
 
 
 def is_local(uri: str) -> bool:

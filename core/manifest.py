@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any
 
 from musicrep import fileio
@@ -21,7 +20,6 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "_MANIFEST.json"
 MANIFEST_VERSION = "musicrep-manifest-1"
-_GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 def read_manifest(directory: str) -> dict[str, Any] | None:
@@ -49,7 +47,7 @@ def resolve_files(pattern: str, *, kind: str) -> list[str]:
     a glob (local or gs://). A glob's matches that lie in a directory with a manifest are
     kept only if that manifest lists them, so a glob never mixes two runs either.
     """
-    if not _GLOB_CHARS.search(pattern):
+    if not fileio.is_glob(pattern):
         manifest = read_manifest(pattern.rstrip("/"))
         if manifest is not None:
             files = committed_files(manifest, pattern.rstrip("/"), kind)

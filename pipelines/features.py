@@ -15,7 +15,6 @@ import csv
 import glob
 import logging
 import os
-import re
 import time
 from typing import Iterable, Iterator
 
@@ -37,18 +36,16 @@ logger = logging.getLogger(__name__)
 
 SHARD_PREFIX = SHARD_KIND
 OUTPUT_PREFIXES = (SHARD_PREFIX, ERRORS_PREFIX)
-_GLOB_CHARS = re.compile(r"[*?\[]")
 _PROGRESS_EVERY_S = 10.0
 
 
 def is_manifest(source: str) -> bool:
-    return source.lower().endswith((".csv", ".parquet")) and not _GLOB_CHARS.search(source)
+    return source.lower().endswith((".csv", ".parquet")) and not fileio.is_glob(source)
 
 
 def glob_prefix(pattern: str) -> str:
     """The fixed directory part of a glob: everything up to the last '/' before a wildcard."""
-    match = _GLOB_CHARS.search(pattern)
-    head = pattern if match is None else pattern[: match.start()]
+    head = pattern[: fileio.glob_start(pattern)]
     return head[: head.rfind("/") + 1]
 
 

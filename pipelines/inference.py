@@ -9,7 +9,6 @@ no per-window tensor is ever shuffled between workers.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 from typing import Any, Iterable, Iterator, Sequence
@@ -19,7 +18,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from musicrep.errors import ConfigError
 from musicrep.features.windows import cut_windows
-from musicrep.model.engines import ENGINES, PRECISIONS, check_names
+from musicrep.model.engines import check_names
 
 logger = logging.getLogger(__name__)
 
@@ -67,23 +66,6 @@ class InferenceSpec:
         check_names(engine=self.engine, precision=self.precision)
         if self.jit_compile and self.engine != "tf":
             raise ConfigError(f"jit_compile is a TensorFlow option; engine is {self.engine!r}")
-
-
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """--engine and --precision, for the jobs that run the model (embed, reembed)."""
-    parser.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default=InferenceSpec.engine,
-        help=f"inference engine (default {InferenceSpec.engine}; recorded in every row)",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=InferenceSpec.precision,
-        help="fp32, or bf16 on workers with bf16 units (AMX or AVX-512 BF16 CPUs; GPUs with --engine tf); "
-        "refused elsewhere. Recorded in every row.",
-    )
 
 
 def iterate_batches(

@@ -9,12 +9,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from musicrep.features.config import FeatureConfig
 from musicrep.features.windows import AGGREGATES, WindowSpec
-from musicrep.pipelines.inference import InferenceSpec, add_inference_arguments
+from musicrep.model.engines import ENGINES, PRECISIONS
+from musicrep.pipelines.inference import InferenceSpec
 from musicrep.pipelines.options import threads_per_worker
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Window placement and pooling (SPEC §4), batching, engine and precision."""
+    """Window placement and pooling (SPEC §4), batching, engine and precision: every
+    option of the model's settings, so embed and reembed offer the same ones."""
     default = WindowSpec()
     parser.add_argument(
         "--window-s", type=float, default=default.window_s, help=f"window length in seconds (default {default.window_s:g})"
@@ -39,7 +41,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--large-model", action="store_true", help="one model per machine shared by its worker processes (GPU workers)"
     )
     parser.add_argument("--model-copies", type=int, default=None, help="with --large-model: copies per machine")
-    add_inference_arguments(parser)
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=InferenceSpec.engine,
+        help=f"inference engine (default {InferenceSpec.engine}; recorded in every row)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=InferenceSpec.precision,
+        help="fp32, or bf16 on workers with bf16 units (AMX or AVX-512 BF16 CPUs; GPUs with --engine tf); "
+        "refused elsewhere. Recorded in every row.",
+    )
 
 
 def window_spec(args: argparse.Namespace, features: FeatureConfig) -> WindowSpec:
