@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe-suite": ("musicrep.probes.suite", "run several probes and print the paper's table"),
     "reembed": ("musicrep.pipelines.reembed", "incremental scheduled re-embedding into a store"),
     "store": ("musicrep.store.cli", "the reembed store (Delta table): compact, vacuum, history, import"),
+    "flink-cluster": ("musicrep.flink_cluster", "fetch, start and stop a local standalone Flink cluster"),
 }
 
 

@@ -2,7 +2,7 @@
 
     run = start_run(output_dir)                   # a fresh run id
     build_pipeline(..., output_dir=run.staging_dir)   # the pipeline writes only there
-    wait_for_success(pipeline.run())
+    result = run_to_success(pipeline)           # raises RunFailed unless it succeeded
     manifest = commit(run, job="features", prefixes=("features", "errors"), settings=...)
 
 A pipeline writes only into DIR/_staging/RUN_ID/ (Beam's temporary folders live there
@@ -36,6 +36,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 from musicrep import fileio
 from musicrep.errors import MusicrepError
 from musicrep.manifest import MANIFEST_NAME, MANIFEST_VERSION, committed_files
+from musicrep.pipelines import harness
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ TOTALS_PREFIX = "_total"
 # sleep, so a test can kill it there: before_commit, mid_commit, before_cleanup (the
 # launcher), track:ID (the worker computing that track's features, mid-write).
 PAUSE_ENV = "MUSICREP_TEST_PAUSE_AT"
+PAUSE_ONCE_ENV = "MUSICREP_TEST_PAUSE_ONCE"
 
 
 class RunFailed(MusicrepError):
@@ -104,10 +106,15 @@ def _one(_) -> int:
     return 1
 
 
-def wait_for_success(result: PipelineResult) -> None:
-    state = result.wait_until_finish()
+def run_to_success(pipeline: beam.Pipeline) -> PipelineResult:
+    """Runs `pipeline` to its end; raises RunFailed unless it succeeded. On Flink a
+    LOOPBACK harness is served by `harness.loopback` (TaskManagers share it safely)."""
+    with harness.loopback(pipeline.options):
+        result = pipeline.run()
+        state = result.wait_until_finish()
     if state != PipelineState.DONE:
         raise RunFailed(f"the pipeline ended in state {state}; nothing was committed, the previous output is unchanged")
+    return result
 
 
 def commit(run: StagedRun, *, job: str, prefixes: Iterable[str], settings: dict[str, Any]) -> dict[str, Any]:
@@ -219,7 +226,24 @@ def _check_totals(entries: list[dict[str, Any]], totals: dict[str, int]) -> None
 
 
 def pause_at(point: str) -> None:
-    """Test-only hook (see PAUSE_ENV); does nothing unless the variable names `point`."""
-    if os.environ.get(PAUSE_ENV) == point:
-        print(f"{PAUSE_ENV}: pid {os.getpid()} paused at {point}", file=sys.stderr, flush=True)
-        time.sleep(3600)
+    """Test-only hook (see PAUSE_ENV); does nothing unless the variable names `point`.
+
+    With PAUSE_ONCE_ENV naming a file, only the first process to reach the point (the one
+    that creates the file, and writes its pid there) pauses: a job that a runner restarts
+    after the kill runs on.
+    """
+    if os.environ.get(PAUSE_ENV) != point:
+        return
+    once = os.environ.get(PAUSE_ONCE_ENV)
+    if once:
+        mine = f"{once}.{os.getpid()}"
+        with open(mine, "w", encoding="utf-8") as handle:
+            handle.write(str(os.getpid()))
+        try:
+            os.link(mine, once)  # atomic and exclusive: the file appears with the pid in it
+        except FileExistsError:
+            return
+        finally:
+            os.remove(mine)
+    print(f"{PAUSE_ENV}: pid {os.getpid()} paused at {point}", file=sys.stderr, flush=True)
+    time.sleep(3600)

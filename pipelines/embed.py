@@ -228,8 +228,7 @@ def run(argv: list[str] | None = None) -> int:
         inference=inference,
         per_window=args.per_window,
     )
-    result = pipeline.run()
-    commit.wait_for_success(result)
+    commit.run_to_success(pipeline)
     manifest = commit.commit(staged, job="embed", prefixes=OUTPUT_PREFIXES, settings=vars(args))
     print(summary(manifest, output_dir=args.output, elapsed_s=time.perf_counter() - started))
     return 0

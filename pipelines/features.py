@@ -296,8 +296,7 @@ def run(argv: list[str] | None = None) -> int:
     staged = commit.start_run(args.output)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, source=args.input, output_dir=staged.staging_dir, num_shards=args.shards, dtype=args.dtype)
-    result = pipeline.run()
-    commit.wait_for_success(result)
+    result = commit.run_to_success(pipeline)
     manifest = commit.commit(staged, job="features", prefixes=OUTPUT_PREFIXES, settings=vars(args))
     elapsed_s = time.perf_counter() - started
     print(summary(manifest, counter_values(result), output_dir=args.output, elapsed_s=elapsed_s))

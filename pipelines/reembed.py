@@ -342,7 +342,7 @@ def run(argv: list[str] | None = None, *, make_compute: Callable[..., beam.PTran
         arrow_schema=arrow_schema,
         num_files=max(1, math.ceil(plan.compute.num_rows / table.ROWS_PER_FILE)),
     )
-    run_commit.wait_for_success(pipeline.run())
+    run_commit.run_to_success(pipeline)
     pipeline_s = time.perf_counter() - started - listed_s
 
     result = _collect(args.store, staged.run_id, plan, index)

@@ -41,3 +41,13 @@ if [ "${MUSICREP_WITH_TEST_TOOLS:-0}" = 1 ] && [ -z "${MUSICREP_PRISM:-}" ] && c
   fi
   export MUSICREP_PRISM="$prism_bin"
 fi
+
+# A real Flink for the Flink tests (tests/pipelines/test_flink.py): Flink 1.16.3's
+# distribution from PyPI and Beam 2.50's Flink job server built with Maven
+# (docker/flink/pom.xml), fetched once per machine into ~/.cache/musicrep/flink (pip's
+# cache and ~/.m2 make a second machine's fetch fast). Where Java and Maven exist the
+# tests require it (MUSICREP_REQUIRE_FLINK=1): a failed fetch fails CI, never skips it.
+if [ "${MUSICREP_WITH_TEST_TOOLS:-0}" = 1 ] && command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; then
+  .venv/bin/musicrep flink-cluster fetch >/dev/null
+  export MUSICREP_REQUIRE_FLINK="${MUSICREP_REQUIRE_FLINK:-1}"
+fi

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, slow and Flink tests included (what .ci/run runs).
+# The whole test suite, slow and Flink tests included (what .ci/run runs); the Flink tests
+# run on the project's own local cluster (setup_env.sh fetches it) and may not skip.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow and not flink"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,151 +1,112 @@
-"""Running Beam pipelines on a real Apache Flink in tests: the job-server jar and the options.
+"""A real Flink for the tests: the project's local standalone cluster (`musicrep.flink_cluster`).
 
-Beam's Python FlinkRunner starts Beam's Flink job server (a Java jar) which, with
-``--flink_master=[local]``, runs the pipeline on Flink's own embedded mini-cluster. The SDK
-harness is this Python process (``--environment_type=LOOPBACK``), so no Docker is needed.
+One cluster per test session — a JobManager and two TaskManagers with one slot each, on
+127.0.0.1 — with Beam 2.50's Flink job server. Jobs run on it exactly as a user runs them
+on any Flink: ``--runner=FlinkRunner --flink_master=HOST:PORT --flink_job_server_jar=JAR``.
 
-The jar is `org.apache.beam:beam-runners-<flink>-job-server:<beam>` on Maven Central. It is
-looked up, in order, in
-
-1. ``$MUSICREP_FLINK_JOB_SERVER_JAR`` (a path; an error if it does not exist),
-2. the cache folder ``$MUSICREP_CACHE_DIR`` (default ``~/.cache/musicrep``),
-3. Maven's local repository (``~/.m2/repository``),
-
-and otherwise fetched with ``mvn dependency:copy`` into the cache folder, so CI fetches it
-once per machine. ``$MUSICREP_FLINK_VERSION`` picks the Flink line (default below); the Beam
-version is the installed Python SDK's, since job server and SDK must be the same release.
-
-When no jar can be had (no Java/Maven, or the registry does not serve the artifact),
-`flink_job_server_jar` raises `FlinkUnavailable` with the reason; Flink tests skip on it
-unless ``MUSICREP_REQUIRE_FLINK=1``, which turns the skip into a failure (for CI that must
-prove Flink).
+When Flink cannot be had (no Java or Maven, the registry refuses a download), the Flink
+tests skip with the reason, unless ``MUSICREP_REQUIRE_FLINK=1`` (what scripts/test.sh sets
+where Java and Maven exist), which makes that a failure.
 """
 from __future__ import annotations
 
-import logging
+import dataclasses
+import json
 import os
 import pathlib
 import re
-import shutil
 import subprocess
+import sys
+import time
 
-import apache_beam
+import pytest
 
-_LOGGER = logging.getLogger(__name__)
+from musicrep import flink_cluster
 
-# Flink 1.20 is Flink's long-term-support line and one of Beam 2.77's published job servers
-# (PUBLISHED_FLINK_VERSIONS: 1.19, 1.20, 2.0, 2.1, 2.2); it runs on Java 17.
-DEFAULT_FLINK_VERSION = "1.20"
-MAVEN_FETCH_TIMEOUT_S = 600
-DEFAULT_PARALLELISM = 2
-
-
-class FlinkUnavailable(RuntimeError):
-    """The Flink job-server jar (or the Java to run it) cannot be had on this machine."""
-
-
-def flink_version() -> str:
-    return os.environ.get("MUSICREP_FLINK_VERSION", DEFAULT_FLINK_VERSION)
-
-
-def beam_version() -> str:
-    return apache_beam.version.__version__
-
-
-def job_server_artifact(*, flink: str | None = None, beam: str | None = None) -> tuple[str, str, str]:
-    """(groupId, artifactId, version) of Beam's Flink job server for these versions."""
-    return (
-        "org.apache.beam",
-        f"beam-runners-flink-{flink or flink_version()}-job-server",
-        beam or beam_version(),
-    )
-
-
-def cache_dir() -> pathlib.Path:
-    return pathlib.Path(
-        os.environ.get("MUSICREP_CACHE_DIR", pathlib.Path.home() / ".cache" / "musicrep")
-    )
+PARALLELISM = 2
 
 
 def flink_required() -> bool:
     return os.environ.get("MUSICREP_REQUIRE_FLINK", "") not in ("", "0", "false", "False")
 
 
-def flink_job_server_jar(*, flink: str | None = None, beam: str | None = None, fetch: bool = True) -> str:
-    """Path of Beam's Flink job-server jar, fetched with Maven into the cache if missing.
+@dataclasses.dataclass
+class FlinkForTests:
+    cluster: flink_cluster.Cluster
+    jar: pathlib.Path
+    work: pathlib.Path
 
-    Raises:
-        FlinkUnavailable: no Java on PATH, or the jar is neither cached nor fetchable.
-    """
-    if shutil.which("java") is None:
-        raise FlinkUnavailable("no `java` on PATH: the Flink job server is a Java program")
-    override = os.environ.get("MUSICREP_FLINK_JOB_SERVER_JAR")
-    if override:
-        if not os.path.isfile(override):
-            raise FlinkUnavailable(f"MUSICREP_FLINK_JOB_SERVER_JAR={override!r} is not a file")
-        return override
-    group, artifact, version = job_server_artifact(flink=flink, beam=beam)
-    file_name = f"{artifact}-{version}.jar"
-    cached = cache_dir() / file_name
-    if cached.is_file():
-        return os.fspath(cached)
-    in_m2 = (pathlib.Path.home() / ".m2" / "repository" / group.replace(".", "/") / artifact
-             / version / file_name)
-    if in_m2.is_file():
-        return os.fspath(in_m2)
-    if not fetch:
-        raise FlinkUnavailable(f"{file_name} is not in {cache_dir()} nor in ~/.m2")
-    return _fetch_with_maven(f"{group}:{artifact}:{version}", cached)
+    def args(self, environment: str = "LOOPBACK", config: str | None = None) -> list[str]:
+        """Beam options that run a job on this cluster with the harness in `environment`."""
+        artifacts = self.work / "artifacts"
+        artifacts.mkdir(exist_ok=True)
+        args = [
+            "--runner=FlinkRunner",
+            f"--flink_master={self.cluster.master}",
+            f"--flink_job_server_jar={self.jar}",
+            f"--environment_type={environment}",
+            f"--parallelism={PARALLELISM}",
+            f"--artifacts_dir={artifacts}",
+        ]
+        return args + ([f"--environment_config={config}"] if config else [])
+
+    def jobs(self) -> list[dict]:
+        """Every job the cluster ran, newest first (REST /jobs/overview)."""
+        return sorted(self.cluster.rest("/jobs/overview")["jobs"], key=lambda job: -job["start-time"])
+
+    def records_per_taskmanager(self, job_id: str, vertex_pattern: str) -> dict[str, int]:
+        """Records each TaskManager read in the job's vertices whose name matches."""
+        per_taskmanager: dict[str, int] = {}
+        for vertex in self.cluster.rest(f"/jobs/{job_id}")["vertices"]:
+            if not re.search(vertex_pattern, vertex["name"]):
+                continue
+            for taskmanager in self.cluster.rest(f"/jobs/{job_id}/vertices/{vertex['id']}/taskmanagers")["taskmanagers"]:
+                name = taskmanager["taskmanager-id"]
+                per_taskmanager[name] = per_taskmanager.get(name, 0) + taskmanager["metrics"]["read-records"]
+        return per_taskmanager
+
+    def restore_taskmanagers(self) -> None:
+        """Back to PARALLELISM live TaskManagers (after a test killed one)."""
+        self.cluster.taskmanagers = [pid for pid in self.cluster.taskmanagers
+                                     if flink_cluster._is_ours(pid, self.cluster.directory)]
+        while len(self.cluster.taskmanagers) < PARALLELISM:
+            self.cluster.add_taskmanager()
+        self.cluster.wait_for_taskmanagers(PARALLELISM)
 
 
-def _fetch_with_maven(coordinates: str, target: pathlib.Path) -> str:
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise FlinkUnavailable(f"no `mvn` on PATH to fetch {coordinates}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _LOGGER.info("fetching %s into %s", coordinates, target.parent)
-    command = [
-        mvn, "-B", "-q", "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy",
-        f"-Dartifact={coordinates}:jar", f"-DoutputDirectory={target.parent}",
-    ]
+def start_flink(work: pathlib.Path) -> FlinkForTests:
+    """Fetches (cached) and starts the session's cluster; skips or fails when impossible."""
     try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=MAVEN_FETCH_TIMEOUT_S,
-            stdin=subprocess.DEVNULL, check=False,
-        )
-    except subprocess.TimeoutExpired as error:
-        raise FlinkUnavailable(f"`mvn` did not fetch {coordinates} in {error.timeout} s") from error
-    if done.returncode != 0 or not target.is_file():
-        output = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)  # colour codes
-        errors = [line for line in output.splitlines() if "ERROR" in line]
-        reason = errors[0].split(" -> [Help")[0] if errors else f"exit status {done.returncode}"
-        raise FlinkUnavailable(f"Maven could not fetch {coordinates}: {reason}")
-    return os.fspath(target)
+        _, jar = flink_cluster.fetch()
+        cluster = flink_cluster.start(work / "cluster", flink_cluster.ClusterSpec(taskmanagers=PARALLELISM, slots=1))
+    except flink_cluster.FlinkSetupError as error:
+        if flink_required():
+            pytest.fail(f"Flink is required (MUSICREP_REQUIRE_FLINK=1) but: {error}")
+        pytest.skip(f"no Flink on this machine: {error}")
+    return FlinkForTests(cluster=cluster, jar=jar, work=work)
 
 
-def flink_pipeline_args(
-    tmpdir: str | os.PathLike,
-    *,
-    parallelism: int = DEFAULT_PARALLELISM,
-    environment_type: str = "LOOPBACK",
-    flink_master: str = "[local]",
-    jar: str | None = None,
-) -> list[str]:
-    """Beam options that run a pipeline on Flink's embedded cluster with this Python process
-    as the SDK harness (LOOPBACK: no Docker, nothing to install on Flink's side).
+def start_worker_pool(port: int) -> subprocess.Popen:
+    """musicrep's worker pool (safe to share between TaskManagers) for EXTERNAL."""
+    pool = subprocess.Popen(
+        [sys.executable, "-m", "musicrep.pipelines.harness", "--port", str(port)],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    line = pool.stdout.readline()  # printed once it serves
+    assert line.startswith("worker pool on"), line
+    return pool
 
-    `tmpdir` receives the job server's artifact staging. Raises `FlinkUnavailable` (from
-    `flink_job_server_jar`) when no jar can be had.
-    """
-    jar = jar or flink_job_server_jar()
-    artifacts = pathlib.Path(tmpdir) / "flink-artifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
-    return [
-        "--runner=FlinkRunner",
-        f"--flink_master={flink_master}",
-        f"--flink_version={flink_version()}",
-        f"--flink_job_server_jar={jar}",
-        f"--environment_type={environment_type}",
-        f"--parallelism={parallelism}",
-        f"--artifacts_dir={artifacts}",
-    ]
+
+def process_config(boot: str, **env: str) -> str:
+    """--environment_config of a PROCESS environment: the boot command and its environment."""
+    return json.dumps({"command": boot, "env": env})
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")

@@ -39,3 +39,27 @@ def assert_only_committed(output_dir: str) -> dict:
     for entry in manifest["files"]:
         assert os.path.getsize(os.path.join(output_dir, entry["name"])) == entry["size_bytes"]
     return manifest
+
+
+def log_mels(output_dir: str) -> dict[str, bytes]:
+    """track_id → the log-mel bytes of the committed shards."""
+    from musicrep.features import read_shards
+
+    return {e["track_id"].numpy().decode(): e["log_mel"].numpy().tobytes() for e in read_shards(output_dir)}
+
+
+def embeddings(output_dir: str) -> dict[str, "np.ndarray"]:
+    """track_id → the committed embedding (float32)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    found = {}
+    for path in committed(output_dir, "embeddings"):
+        for row in pq.read_table(path, columns=["track_id", "embedding"]).to_pylist():
+            found[row["track_id"]] = np.asarray(row["embedding"], np.float32)
+    return found
+
+
+def dead_letter_stages(output_dir: str) -> list[tuple[str, str]]:
+    """Sorted (track_id, stage) of the committed dead letters."""
+    return sorted((e["track_id"], e["stage"]) for e in read_dead_letters(output_dir))

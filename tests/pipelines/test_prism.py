@@ -9,12 +9,10 @@ import signal
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
-from job_outputs import assert_only_committed, committed, read_dead_letters
+from job_outputs import assert_only_committed, dead_letter_stages, embeddings, log_mels
 from musicrep.cli import main as cli_main
-from musicrep.features import read_shards
 from musicrep.pipelines import embed as embed_job
 from musicrep.pipelines import features as features_job
 from prism_support import free_port, prism_args, start_worker_pool, write_process_boot
@@ -33,13 +31,7 @@ def run_both_jobs(catalog, out, tiny_model_uri, beam_args: list[str]) -> tuple[d
     embed_job.run(["--features", f"{out}/features", "--model", tiny_model_uri, "--output", f"{out}/embeddings", *beam_args])
     assert_only_committed(f"{out}/features")
     assert_only_committed(f"{out}/embeddings")
-    log_mels = {e["track_id"].numpy().decode(): e["log_mel"].numpy().tobytes() for e in read_shards(f"{out}/features")}
-    embeddings = {}
-    for path in committed(f"{out}/embeddings", "embeddings"):
-        for row in pq.read_table(path).to_pylist():
-            embeddings[row["track_id"]] = np.asarray(row["embedding"], np.float32)
-    letters = sorted((e["track_id"], e["stage"]) for e in read_dead_letters(f"{out}/features"))
-    return log_mels, embeddings, letters
+    return log_mels(f"{out}/features"), embeddings(f"{out}/embeddings"), dead_letter_stages(f"{out}/features")
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +40,12 @@ def reference(catalog, tiny_model_uri, tmp_path_factory):
 
 
 def assert_same_outputs(outputs, reference) -> None:
-    log_mels, embeddings, letters = outputs
+    by_track, vectors, letters = outputs
     assert letters == reference[2] == [("bad", "decode")]
-    assert sorted(log_mels) == sorted(reference[0]) == ["a", "b"]
-    assert all(log_mels[t] == reference[0][t] for t in log_mels)
-    assert sorted(embeddings) == ["a", "b"]
-    for track_id, embedding in embeddings.items():
+    assert sorted(by_track) == sorted(reference[0]) == ["a", "b"]
+    assert all(by_track[t] == reference[0][t] for t in by_track)
+    assert sorted(vectors) == ["a", "b"]
+    for track_id, embedding in vectors.items():
         np.testing.assert_allclose(embedding, reference[1][track_id], atol=1e-6)
 
 
@@ -84,8 +76,7 @@ def test_direct_runner_picks_the_local_prism_offline(catalog, prism_binary, refe
     features_job.run(["--input", f"{catalog}/*", "--output", str(tmp_path), "--runner=DirectRunner"])
     assert "Running pipeline with PrismRunner" in caplog.text
     assert "Falling back" not in caplog.text
-    log_mels = {e["track_id"].numpy().decode(): e["log_mel"].numpy().tobytes() for e in read_shards(str(tmp_path))}
-    assert log_mels == reference[0]
+    assert log_mels(str(tmp_path)) == reference[0]
 
 
 @pytest.mark.parametrize("runner", ["DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner"])
