@@ -372,10 +372,9 @@ def _is_ours(pid: int, directory: pathlib.Path) -> bool:
     names the cluster's conf folder), so a recycled PID is never signalled."""
     try:
         environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes()
-        status = pathlib.Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    if status.rsplit(")", 1)[-1].split()[0] == "Z":
+    if _zombie(pid):
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # our own child, exited: reap it
         return False
