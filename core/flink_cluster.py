@@ -42,7 +42,9 @@ from musicrep.errors import ConfigError, MusicrepError
 
 FLINK_VERSION = "1.16.3"
 BEAM_RUNNER_VERSION = "2.50.0"  # the newest Beam Flink runner the registry serves (for Flink 1.16)
-JOB_SERVER_JAR = f"beam-flink-1.16-job-server-{BEAM_RUNNER_VERSION}.jar"
+# The two jars docker/flink/pom.xml builds (artifactId-version-classifier).
+JOB_SERVER_JAR = f"beam-flink-1.16-{BEAM_RUNNER_VERSION}-job-server.jar"
+TASKMANAGER_JAR = f"beam-flink-1.16-{BEAM_RUNNER_VERSION}-taskmanager.jar"
 _PYPI_SDISTS = (f"apache-flink=={FLINK_VERSION}", f"apache-flink-libraries=={FLINK_VERSION}")
 _DIST_FOLDERS = ("bin", "conf", "lib", "plugins")  # opt/ and licenses/ are not needed to run
 STATE_FILE = "cluster.json"
@@ -75,6 +77,11 @@ def flink_home(cache: pathlib.Path | None = None) -> pathlib.Path:
 
 def job_server_jar(cache: pathlib.Path | None = None) -> pathlib.Path:
     return (cache or cache_dir()) / JOB_SERVER_JAR
+
+
+def taskmanager_jar(cache: pathlib.Path | None = None) -> pathlib.Path:
+    """The runner without Flink, for the TaskManagers' class path (ClusterSpec.runner_on_classpath)."""
+    return (cache or cache_dir()) / TASKMANAGER_JAR
 
 
 def default_pom() -> pathlib.Path:
@@ -135,22 +142,22 @@ def _unpack_deps(sdist: pathlib.Path, target: pathlib.Path) -> None:
 
 
 def _build_job_server(cache: pathlib.Path, pom: pathlib.Path) -> pathlib.Path:
-    jar = job_server_jar(cache)
-    if jar.is_file():
-        return jar
+    jars = {name: cache / name for name in (JOB_SERVER_JAR, TASKMANAGER_JAR)}
+    if all(jar.is_file() for jar in jars.values()):
+        return jars[JOB_SERVER_JAR]
     if not pom.is_file():
         raise FlinkSetupError(f"{pom} not found: build the job server from a musicrep checkout")
     if shutil.which("mvn") is None or shutil.which("java") is None:
         raise FlinkSetupError("building Beam's Flink job server needs `java` and `mvn` on PATH")
     build = cache / ".job-server-build"
     _run(["mvn", "-B", "-q", "-f", str(pom), "package", "-Dmaven.test.skip=true", f"-DbuildDirectory={build}"],
-         f"build {JOB_SERVER_JAR} with Maven")
-    built = build / JOB_SERVER_JAR
-    if not built.is_file():
-        raise FlinkSetupError(f"Maven finished but {built} is missing")
-    built.rename(jar)
+         f"build {JOB_SERVER_JAR} and {TASKMANAGER_JAR} with Maven")
+    for name, jar in jars.items():
+        if not (build / name).is_file():
+            raise FlinkSetupError(f"Maven finished but {build / name} is missing")
+        (build / name).rename(jar)
     shutil.rmtree(build, ignore_errors=True)
-    return jar
+    return jars[JOB_SERVER_JAR]
 
 
 def _run(command: list[str], what: str) -> None:
@@ -175,7 +182,15 @@ class ClusterSpec:
     jobmanager_memory: str = "1600m"
     network_memory: str = "256mb"
     restart_attempts: int = 3
-    restart_delay_s: int = 5
+    # Longer than the jobs' --environment_cache_millis (the README says so): a restarted
+    # job must find the harnesses of the failed attempt released, not reuse a dead one.
+    restart_delay_s: int = 10
+    # Beam's runner on the TaskManagers' class path (loaded parent-first). Beam 2.50's
+    # Flink runner releases a job's SDK harnesses after every task when its classes come
+    # from the job's class loader (FlinkExecutableStageContextFactory), and keeps them for
+    # --environment_cache_millis when they come from the cluster's: one harness per
+    # TaskManager instead of one per task.
+    runner_on_classpath: bool = True
 
     def check(self) -> None:
         if self.taskmanagers < 1 or self.slots < 1:
@@ -214,6 +229,10 @@ class ClusterSpec:
             "heartbeat.interval": "2000",
             "heartbeat.timeout": "10000",
             "cluster.evenly-spread-out-slots": "true",
+            # Every class the TaskManagers have (the runner and all it links to) is taken
+            # from there, not from the job's jar: one copy of each, and Beam sees its
+            # classes as the cluster's own (below).
+            **({"classloader.resolve-order": "parent-first"} if self.runner_on_classpath else {}),
         }
 
 
@@ -319,6 +338,17 @@ def start(directory: pathlib.Path | None = None, spec: ClusterSpec = ClusterSpec
     for name in ("log4j-console.properties", "logback-console.xml"):
         if (home / "conf" / name).is_file():
             shutil.copy(home / "conf" / name, conf_dir / name)
+    lib_dir = directory / "lib"  # the distribution's jars, and the runner's where asked
+    shutil.rmtree(lib_dir, ignore_errors=True)
+    lib_dir.mkdir()
+    jars = sorted((home / "lib").glob("*.jar"))
+    if spec.runner_on_classpath:
+        runner = taskmanager_jar(home.parent)
+        if not runner.is_file():
+            raise ConfigError(f"{runner} is missing: run `musicrep flink-cluster fetch` first")
+        jars.append(runner)
+    for jar in jars:
+        (lib_dir / jar.name).symlink_to(jar)
     cluster = Cluster(directory=directory, flink_home=home, rest_port=rest_port, jobmanager=0, taskmanagers=[],
                       spec=spec)
     try:
@@ -356,7 +386,8 @@ def stop(directory: pathlib.Path | None = None) -> list[int]:
 def _start_jvm(cluster: Cluster, role: str, index: int) -> int:
     """One JobManager or TaskManager in the foreground of its own session (so the
     launcher's signals do not reach it); the script `exec`s the JVM, so the PID is the JVM's."""
-    env = dict(os.environ, FLINK_CONF_DIR=str(cluster.directory / "conf"), FLINK_LOG_DIR=str(cluster.directory / "log"))
+    env = dict(os.environ, FLINK_CONF_DIR=str(cluster.directory / "conf"), FLINK_LOG_DIR=str(cluster.directory / "log"),
+               FLINK_LIB_DIR=str(cluster.directory / "lib"))
     # A Beam job's Python harness inherits the TaskManager's environment (PROCESS).
     log = open(cluster.directory / "log" / f"{role}-{index}-{int(time.time() * 1000)}.out", "ab")
     with log:
@@ -449,7 +480,7 @@ def run(argv: list[str] | None = None) -> int:
               f"{cluster.taskmanagers}; REST {cluster.rest_url}; logs {cluster.directory / 'log'}")
         print(f"run a job on it with:\n  --runner=FlinkRunner --flink_master={cluster.master} "
               f"--flink_job_server_jar={job_server_jar()} --environment_type=LOOPBACK "
-              f"--parallelism={spec.taskmanagers * spec.slots}")
+              f"--parallelism={spec.taskmanagers * spec.slots} --environment_cache_millis=5000")
     elif args.command == "stop":
         stopped = stop(args.dir)
         print(f"stopped {len(stopped)} Flink processes {stopped}" if stopped else "no cluster running")

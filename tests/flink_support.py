@@ -24,6 +24,7 @@ import pytest
 from musicrep import flink_cluster
 
 PARALLELISM = 2
+ENVIRONMENT_CACHE_MS = 5_000  # below the cluster's restart delay (ClusterSpec.restart_delay_s)
 
 
 def flink_required() -> bool:
@@ -47,6 +48,9 @@ class FlinkForTests:
             f"--environment_type={environment}",
             f"--parallelism={PARALLELISM}",
             f"--artifacts_dir={artifacts}",
+            # One harness per TaskManager for the whole job (the runner is on the
+            # cluster's class path): not one started per Flink task.
+            f"--environment_cache_millis={ENVIRONMENT_CACHE_MS}",
         ]
         return args + ([f"--environment_config={config}"] if config else [])
 

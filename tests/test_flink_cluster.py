@@ -25,6 +25,9 @@ def test_flink_conf_binds_loopback_and_sizes_the_network_for_beam():
     assert conf["taskmanager.memory.network.min"] == conf["taskmanager.memory.network.max"] == "256mb"
     assert conf["taskmanager.network.sort-shuffle.min-buffers"] == "64"
     assert conf["restart-strategy"] == "fixed-delay" and conf["restart-strategy.fixed-delay.attempts"] == "3"
+    from flink_support import ENVIRONMENT_CACHE_MS  # a restarted job must not reuse a dead harness
+
+    assert conf["restart-strategy.fixed-delay.delay"] == "10 s" and ENVIRONMENT_CACHE_MS < 10_000
     assert "--add-opens=java.base/java.util=ALL-UNNAMED" in conf["env.java.opts"]
     assert flink_cluster.ClusterSpec(restart_attempts=0).flink_conf(rpc_port=1, rest_port=2)["restart-strategy"] == "none"
 
