@@ -21,15 +21,15 @@ the encoder's end padding (a few ms more samples) where FFmpeg's libraries trim 
 reference's resampler leaves its last sample 0 when n·16000/44100 is not whole, ours
 computes it. A packet the codec cannot decode is skipped, as the ffmpeg program does.
 
-Memory: the 16 kHz output is built from chunks, so the peak is about twice the decoded
-waveform (the chunks plus the final concatenation), independent of the codec.
+Memory: `decode_chunks` streams the 16 kHz waveform in chunks (the jobs use it, so their
+memory does not grow with the track); `decode` concatenates them.
 """
 from __future__ import annotations
 
 import io
 import logging
 import math
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import av
 import numpy as np
@@ -63,6 +63,15 @@ def decode(
       AudioDecodeError: the bytes are empty, not audio, hold no audio stream, hold
         non-finite float samples, or decode to no samples.
     """
+    return np.concatenate(list(decode_chunks(source, config=config)))
+
+
+def decode_chunks(
+    source: bytes | BinaryIO, *, config: FeatureConfig = DEFAULT_FEATURE_CONFIG
+) -> Iterator[np.ndarray]:
+    """`decode` as a stream: non-empty float32 chunks whose concatenation is decode's
+    waveform, so a track of any length is held a chunk at a time (~16 s at most: the
+    resampler's block). Raises as `decode` does, from the iteration."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(source)
     start = source.tell()
@@ -78,13 +87,16 @@ def decode(
     with container:
         if not container.streams.audio:
             raise AudioDecodeError("the file holds no audio stream")
-        chunks = _decode_stream(container, config)
-    if not chunks:
+        n_chunks = 0
+        for chunk in _decode_stream(container, config):
+            if chunk.size:
+                n_chunks += 1
+                yield chunk
+    if not n_chunks:
         raise AudioDecodeError("the audio stream decoded to 0 samples")
-    return np.concatenate(chunks)
 
 
-def _decode_stream(container: av.container.InputContainer, config: FeatureConfig) -> list[np.ndarray]:
+def _decode_stream(container: av.container.InputContainer, config: FeatureConfig) -> Iterator[np.ndarray]:
     stream = container.streams.audio[0]
     # None keeps the stream's own channel layout, as ffmpeg does without -ac.
     # Output in blocks of _PCM_BLOCK_SAMPLES: the per-frame work stays in FFmpeg, and numpy
@@ -94,8 +106,7 @@ def _decode_stream(container: av.container.InputContainer, config: FeatureConfig
     )
     to_target = _resampler(config)
     scale = np.float32(config.pcm_scale)
-    chunks: list[np.ndarray] = []
-    n_packets = n_bad_packets = 0
+    n_blocks = n_packets = n_bad_packets = 0
     first_error: av.FFmpegError | None = None
     try:
         # The last packet demux yields is empty and flushes the decoder.
@@ -112,13 +123,15 @@ def _decode_stream(container: av.container.InputContainer, config: FeatureConfig
             for frame in frames:
                 _check_finite(frame)
                 for pcm in to_pcm16.resample(frame):
-                    chunks.append(to_target.resample_chunk(_sum_channels(pcm, scale)))
+                    n_blocks += 1
+                    yield to_target.resample_chunk(_sum_channels(pcm, scale))
         for pcm in to_pcm16.resample(None):
-            chunks.append(to_target.resample_chunk(_sum_channels(pcm, scale)))
+            n_blocks += 1
+            yield to_target.resample_chunk(_sum_channels(pcm, scale))
     except av.FFmpegError as error:
         raise AudioDecodeError(f"decoding failed: {error}") from error
     if n_bad_packets:
-        if not chunks:
+        if not n_blocks:
             raise AudioDecodeError(
                 f"none of {n_packets} packets decoded; the first error: {first_error}"
             )
@@ -126,8 +139,7 @@ def _decode_stream(container: av.container.InputContainer, config: FeatureConfig
             "skipped %d of %d packets that did not decode (the first error: %s)",
             n_bad_packets, n_packets, first_error,
         )
-    chunks.append(to_target.resample_chunk(np.zeros(0, np.float32), last=True))
-    return [chunk for chunk in chunks if chunk.size]
+    yield to_target.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
 def _sum_channels(pcm: av.AudioFrame, scale: np.float32) -> np.ndarray:
