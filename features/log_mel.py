@@ -77,8 +77,9 @@ def log_mel(waveform: np.ndarray, *, config: FeatureConfig = DEFAULT_FEATURE_CON
 
 
 class LogMelStream:
-    """`log_mel` of a waveform that arrives in chunks, in blocks of frames as soon as the
-    samples they read are in: memory is a few blocks, whatever the track's length.
+    """`log_mel` of a waveform that arrives in chunks, in blocks of frames (multiples of
+    _BLOCK_FRAMES, ~10 s) as soon as the samples they read are in: memory is a few
+    blocks, whatever the track's length.
 
     `push(chunk)` returns the frames the chunk completes ([k, n_mels], k may be 0);
     `finish()` the rest (the right edge's reflect padding needs the end). The blocks
@@ -118,7 +119,9 @@ class LogMelStream:
         # without the right edge's padding.
         hop = self._config.hop_samples
         ready = max((self._buffer.size - self._config.win_samples) // hop + 1, 0)
-        return self._emit(self._buffer, ready)
+        # Whole blocks only, on log_mel's block grid: the mel product then sees the same
+        # shapes as on the whole array, and the numbers are bit for bit the same.
+        return self._emit(self._buffer, ready // _BLOCK_FRAMES * _BLOCK_FRAMES)
 
     def finish(self) -> np.ndarray:
         """The remaining frames; raises ConfigError when no sample came at all."""
