@@ -120,10 +120,12 @@ def test_every_track_once_across_embeddings_and_errors(embedded, catalog):
 
 def test_parquet_schema_and_readers(embedded, tiny_model_uri):
     size = musicrep.model.read_metadata(tiny_model_uri).embedding_size
-    (path,) = glob.glob(f"{embedded}/embeddings-*-of-*.parquet")
-    table = pq.read_table(path)
-    assert table.schema.equals(schema.embedding_schema(size), check_metadata=True)
-    frame = pd.read_parquet(path)
+    # Rows are written after the per-track merge: the runner may write several files.
+    paths = glob.glob(f"{embedded}/embeddings-*-of-*.parquet")
+    assert paths
+    for path in paths:
+        assert pq.read_table(path).schema.equals(schema.embedding_schema(size), check_metadata=True)
+    frame = pd.concat([pd.read_parquet(path) for path in paths])
     assert frame["embedding"].map(len).eq(size).all()
     rows = duckdb.sql(
         f"SELECT track_id, list_avg(embedding) AS m, len(embedding) AS d FROM '{embedded}/embeddings-*.parquet' ORDER BY track_id"
