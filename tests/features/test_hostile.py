@@ -6,6 +6,8 @@ from __future__ import annotations
 import collections
 import io
 import os
+import shutil
+import subprocess
 import time
 
 import numpy as np
@@ -58,6 +60,31 @@ def base_encodings(signals) -> dict[str, bytes]:
     return files
 
 
+def ffmpeg_made(tmp_path) -> dict[str, bytes]:
+    """Files only the ffmpeg program writes here: libvorbis mono, H.264 video, PNG."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("the ffmpeg program is not installed")
+
+    def run(*args: str) -> bytes:
+        out = tmp_path / f"made{len(os.listdir(tmp_path))}.{args[-1]}"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", *args[:-1], str(out)], check=True)
+        return out.read_bytes()
+
+    sine = lambda f, rate, d: ["-f", "lavfi", "-i", f"sine=f={f}:r={rate}:d={d}"]  # noqa: E731
+    video = ["-f", "lavfi", "-i", "testsrc=d=2:s=64x48:r=10"]
+    return {
+        # 4 s mono 22.05 kHz Vorbis, then 4 s stereo 44.1 kHz: `cat a.ogg b.ogg`.
+        "chained.ogg": run(*sine(220, 22050, 4), "-ac", "1", "-c:a", "libvorbis", "ogg")
+        + run(*sine(330, 44100, 4), "-ac", "2", "-c:a", "libvorbis", "ogg"),
+        # 3 s stereo 44.1 kHz, then 3 s mono 22.05 kHz in one mp3 stream.
+        "rate_change.mp3": run(*sine(220, 44100, 3), "-ac", "2", "-c:a", "libmp3lame", "mp3")
+        + run(*sine(330, 22050, 3), "-ac", "1", "-c:a", "libmp3lame", "mp3"),
+        "music_video.mp4": run(*video, *sine(330, 44100, 2), "-c:v", "libx264", "-c:a", "aac", "-shortest", "mp4"),
+        "video_only.mp4": run(*video, "-c:v", "libx264", "mp4"),
+        "image_only.png": run("-f", "lavfi", "-i", "testsrc=d=0.1:s=64x48:r=10", "-frames:v", "1", "png"),
+    }
+
+
 def mutations(files: dict[str, bytes], n: int, seed: int = SEED) -> dict[str, bytes]:
     """n seeded mutations of the real encodings (the 20 MB one left out): bit flips,
     truncations, inserted garbage, another format's header swapped in."""
@@ -102,7 +129,8 @@ def outcome(outputs: list) -> str:
 
 
 def test_the_battery_and_a_fuzz_set_each_end_in_one_output(signals, tmp_path):
-    files = base_encodings(signals)
+    (tmp_path / "made").mkdir()
+    files = {**base_encodings(signals), **ffmpeg_made(tmp_path / "made")}
     fuzz = mutations(files, 240)
     root = tmp_path / "battery"
     root.mkdir()
@@ -123,7 +151,8 @@ def test_the_battery_and_a_fuzz_set_each_end_in_one_output(signals, tmp_path):
     dofn = ComputeLogMel(DEFAULT_FEATURE_CONFIG, time_budget_s=30.0)
     dofn.setup()
     started = time.perf_counter()
-    outcomes = {name: outcome(run_one(dofn, name, uri)) for name, uri in sorted(listed.items())}
+    results = {name: run_one(dofn, name, uri) for name, uri in sorted(listed.items())}
+    outcomes = {name: outcome(outputs) for name, outputs in results.items()}
     elapsed_s = time.perf_counter() - started
     counts = collections.Counter(outcomes.values())
     print(f"battery: {len(outcomes)} inputs, {dict(sorted(counts.items()))}, {elapsed_s:.1f} s")
@@ -131,8 +160,13 @@ def test_the_battery_and_a_fuzz_set_each_end_in_one_output(signals, tmp_path):
     assert len(fuzz) >= 200 and len(outcomes) == len(files) + len(fuzz) + 3
     for name in ("u8_8k.wav", "s16_44k.wav", "s24_48k.flac", "s32_384k.wav", "f32_96k.wav", "f64_22k.wav",
                  "5.1.wav", "7.1.flac", "16ch.wav", "one_frame.wav", "tone.mp3", "tone.ogg", "tone.opus",
-                 "tone.m4a", "big_cover.mp3"):
+                 "tone.m4a", "big_cover.mp3", "chained.ogg", "rate_change.mp3", "music_video.mp4"):
         assert outcomes[name] == "record", (name, outcomes[name])
+    # Decoded whole, as the ffmpeg program does: both chains, both halves.
+    assert results["chained.ogg"][0].duration_s == pytest.approx(8.0, abs=0.01)
+    assert results["rate_change.mp3"][0].duration_s == pytest.approx(6.05, abs=0.06)
+    for name in ("video_only.mp4", "image_only.png"):
+        assert outcomes[name] == "dead:decode" and "no audio stream" in results[name][0].value["message"]
     assert outcomes["zero_length.wav"] == "dead:decode"
     assert outcomes["nan.wav"] == "dead:decode"
     assert outcomes["deleted.wav"] == outcomes["loop-a.mp3"] == "dead:read"
