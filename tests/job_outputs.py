@@ -5,6 +5,9 @@ import json
 import os
 import re
 
+import pandas as pd
+import pyarrow.parquet as pq
+
 from musicrep.manifest import MANIFEST_NAME, committed_files, read_manifest
 
 _RUN_ID = re.compile(r"-\d{8}T\d{6}Z-[0-9a-f]{6}-")
@@ -39,3 +42,13 @@ def assert_only_committed(output_dir: str) -> dict:
     for entry in manifest["files"]:
         assert os.path.getsize(os.path.join(output_dir, entry["name"])) == entry["size_bytes"]
     return manifest
+
+
+def read_embeddings(output_dir: str) -> pd.DataFrame:
+    """The committed rows; the directory holds nothing else and the manifest counts them."""
+    manifest = assert_only_committed(output_dir)
+    files = committed(output_dir, "embeddings")
+    table = pd.concat([pq.read_table(f).to_pandas() for f in files]).set_index("track_id").sort_index()
+    assert manifest["counts"]["embeddings"] == len(table)
+    assert not table.index.duplicated().any()
+    return table

@@ -13,14 +13,14 @@ import threadpoolctl
 
 import musicrep.model
 from audio_files import tone, write_audio
-from job_outputs import read_dead_letters
+from job_outputs import read_dead_letters, read_embeddings
 from musicrep.features import decode, log_mel
 from musicrep.features.config import DEFAULT_FEATURE_CONFIG
 from musicrep.features.shards import FeatureRecord, serialize_record
 from musicrep.features.windows import cut_windows, window_starts
 from musicrep.pipelines import embed as embed_job
-from test_embed_job import IN_MEMORY, read_embeddings
 
+IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
 BATCH = ["--batch-size", "8"]
 DURATIONS_S = {"long": 61.3, "short": 2.2}
 
@@ -122,7 +122,7 @@ def test_max_duration_embeds_the_first_seconds_on_both_paths(catalog, tiny_model
     for out in (fused, staged):
         table = read_embeddings(out)
         row = table.loc["long"]
-        assert row["n_windows"] == n_windows == 9
+        assert row["n_windows"] == n_windows == 10
         assert row["duration_s"] == pytest.approx(20.0, abs=0.011)
         assert json.loads(row["window_spec"])["max_duration_s"] == 20.0
         # The fused job decodes only 20 s: its last frames' reflect padding differs.
