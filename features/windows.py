@@ -137,11 +137,9 @@ def cut_windows(log_mel: np.ndarray, starts: np.ndarray, window_frames: int) -> 
 @dataclasses.dataclass(frozen=True)
 class WindowChunk:
     """Consecutive windows of one track: `log_mel` [k, n_mels] holds the frames they read,
-    from track frame `first_frame`; `starts` are relative to it; `first_window` is the
-    index of the first of them in the track."""
+    from track frame `first_frame`; `starts` are relative to it."""
 
     first_frame: int
-    first_window: int
     log_mel: np.ndarray
     starts: np.ndarray
     window_frames: int
@@ -227,7 +225,6 @@ class WindowStream:
             chunks.append(
                 WindowChunk(
                     first_frame=int(part[0]),
-                    first_window=self._n_windows,
                     log_mel=frames[lo:hi].copy(),
                     starts=part - part[0],
                     window_frames=self._w,

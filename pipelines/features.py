@@ -407,14 +407,8 @@ def run(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     staged = commit.start_run(args.output)
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(
-        pipeline,
-        source=args.input,
-        output_dir=staged.staging_dir,
-        num_shards=args.shards,
-        dtype=args.dtype,
-        time_budget_s=args.time_budget_s,
-    )
+    build_pipeline(pipeline, source=args.input, output_dir=staged.staging_dir, num_shards=args.shards,
+                   dtype=args.dtype, time_budget_s=args.time_budget_s)
     result = pipeline.run()
     commit.wait_for_success(result)
     manifest = commit.commit(staged, job="features", prefixes=OUTPUT_PREFIXES, settings=vars(args))
