@@ -8,8 +8,8 @@ seconds at a time, so the benchmark itself stays small), then `features`,
 `embed --features` (on those shards) and `embed --audio`, each a fresh `musicrep`
 process on the default runner with a tiny model. Reported per job and duration: peak RSS
 of the biggest process (the largest VmHWM among the job's processes, sampled every
-0.5 s), CPU seconds of the job's processes (getrusage of waited-for children) and audio
-seconds per CPU second. Target (issue 17): the longest track's peak RSS within 300 MB of
+0.25 s), CPU seconds of the job's processes (their utime + stime as last sampled; start-up
+included) and audio seconds per CPU second. Target (issue 17): the longest track's peak RSS within 300 MB of
 the 4-minute track's, in every job.
 """
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -62,13 +61,10 @@ def write_pink_mp3(path: str, duration_s: float, *, seed: int = 0, block_s: floa
 
 def run_job(argv: list[str]) -> dict:
     """One `musicrep` command in a fresh process: peak RSS of its biggest process, CPU s."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    with ChildPeakRss() as peak:
+    with ChildPeakRss(interval_s=0.25) as usage:
         subprocess.run([sys.executable, "-m", "musicrep.cli", *argv], check=True, stdout=subprocess.DEVNULL)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"peak_rss_mb": round(peak.peak_bytes / 2**20), "cpu_s": round(cpu_s, 1), "wall_s": round(time.perf_counter() - started, 1)}
+    return {"peak_rss_mb": round(usage.peak_bytes / 2**20), "cpu_s": round(usage.cpu_s, 1), "wall_s": round(time.perf_counter() - started, 1)}
 
 
 def tiny_model(path: str) -> None:
