@@ -83,6 +83,7 @@ def jobs(catalog, gcs_emulator, model_uri, out: str) -> None:
     embed.run(["--features", shards, "--model", model_uri, "--output", gcs_emulator.url(out, "embeddings"), *RUNNER])
 
 
+@pytest.mark.slow  # seven pairs of jobs, ~3 min on 2 cores
 def test_jobs_behind_faults_finish_identical_or_leave_the_previous_set(gcs_emulator, catalog, model_uri, monkeypatch, capsys):
     jobs(catalog, gcs_emulator, model_uri, "faults/clean")
     clean = {kind: comparable(committed_set(gcs_emulator, f"faults/clean/{kind}/")) for kind in ("features", "embeddings")}
