@@ -37,12 +37,15 @@ from musicrep.testing import write_synth_catalog
 
 class ChildPeakRss:
     """Largest VmHWM of this process's descendants, sampled while the job runs (ru_maxrss of
-    children is useless here: it carries the parent's peak across fork + exec)."""
+    children is useless here: it carries the parent's peak across fork + exec), and their
+    CPU seconds (the last utime + stime seen of each; getrusage misses the runner's
+    workers, which are not waited for by a process of this tree)."""
 
     def __init__(self, interval_s: float = 0.5):
         self._interval_s = interval_s
         self._stop = threading.Event()
         self.peak_bytes = 0
+        self._cpu_ticks: dict[int, int] = {}
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def __enter__(self) -> "ChildPeakRss":
@@ -73,6 +76,16 @@ class ChildPeakRss:
                     ancestor = parents.get(ancestor)
                 if ancestor == me:
                     self.peak_bytes = max(self.peak_bytes, peak)
+                    try:
+                        with open(f"/proc/{pid}/stat") as handle:
+                            fields = handle.read().rsplit(")", 1)[1].split()
+                    except OSError:
+                        continue
+                    self._cpu_ticks[pid] = int(fields[11]) + int(fields[12])  # utime, stime
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self._cpu_ticks.values()) / os.sysconf("SC_CLK_TCK")
 
 
 def bare_forwards(shards: str, model_uri: str, spec: InferenceSpec) -> tuple[int, float]:

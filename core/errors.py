@@ -26,3 +26,7 @@ class AudioDecodeError(RecordError):
 
 class TooShortError(RecordError):
     """Audio or features shorter than the minimum the computation needs."""
+
+
+class TrackTimeoutError(RecordError):
+    """A track that took longer than the per-track time budget (the worker moves on)."""

@@ -21,15 +21,16 @@ the encoder's end padding (a few ms more samples) where FFmpeg's libraries trim 
 reference's resampler leaves its last sample 0 when n·16000/44100 is not whole, ours
 computes it. A packet the codec cannot decode is skipped, as the ffmpeg program does.
 
-Memory: the 16 kHz output is built from chunks, so the peak is about twice the decoded
-waveform (the chunks plus the final concatenation), independent of the codec.
+Memory: `decode_chunks` streams the 16 kHz waveform in chunks (the jobs use it, so their
+memory does not grow with the track); `decode` concatenates them.
 """
 from __future__ import annotations
 
 import io
 import logging
 import math
-from typing import BinaryIO
+import struct
+from typing import BinaryIO, Iterator
 
 import av
 import numpy as np
@@ -63,12 +64,41 @@ def decode(
       AudioDecodeError: the bytes are empty, not audio, hold no audio stream, hold
         non-finite float samples, or decode to no samples.
     """
+    return np.concatenate(list(decode_chunks(source, config=config)))
+
+
+def decode_chunks(
+    source: bytes | BinaryIO, *, config: FeatureConfig = DEFAULT_FEATURE_CONFIG
+) -> Iterator[np.ndarray]:
+    """`decode` as a stream: non-empty float32 chunks whose concatenation is decode's
+    waveform, so a track of any length is held a chunk at a time (~16 s at most: the
+    resampler's block). Raises as `decode` does, from the iteration.
+
+    A chained Ogg file (streams one after the other, as `cat a.ogg b.ogg` or a radio
+    capture makes, each with its own rate and channels) is decoded whole, chain after
+    chain, as the `ffmpeg` program does; FFmpeg's libraries stop at the first change.
+    """
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(source)
     start = source.tell()
     if not source.read(1):
         raise AudioDecodeError("empty input: 0 bytes")
     source.seek(start)
+    to_target = _resampler(config)
+    n_samples = 0
+    for part in _ogg_chains(source, start):
+        for chunk in _decode_container(part, config, to_target):
+            if chunk.size:
+                n_samples += chunk.size
+                yield chunk
+    last = to_target.resample_chunk(np.zeros(0, np.float32), last=True)
+    if not n_samples + last.size:
+        raise AudioDecodeError("the audio stream decoded to 0 samples")
+    if last.size:
+        yield last
+
+
+def _decode_container(source: BinaryIO, config: FeatureConfig, to_target) -> Iterator[np.ndarray]:
     try:
         container = av.open(source, mode="r")
     except (av.FFmpegError, OSError) as error:
@@ -78,24 +108,20 @@ def decode(
     with container:
         if not container.streams.audio:
             raise AudioDecodeError("the file holds no audio stream")
-        chunks = _decode_stream(container, config)
-    if not chunks:
-        raise AudioDecodeError("the audio stream decoded to 0 samples")
-    return np.concatenate(chunks)
+        yield from _decode_stream(container, config, to_target)
 
 
-def _decode_stream(container: av.container.InputContainer, config: FeatureConfig) -> list[np.ndarray]:
+def _decode_stream(container: av.container.InputContainer, config: FeatureConfig, to_target) -> Iterator[np.ndarray]:
     stream = container.streams.audio[0]
     # None keeps the stream's own channel layout, as ffmpeg does without -ac.
     # Output in blocks of _PCM_BLOCK_SAMPLES: the per-frame work stays in FFmpeg, and numpy
     # and the resampler see a few large arrays instead of one small one per codec frame.
-    to_pcm16 = av.AudioResampler(
-        format="s16", layout=None, rate=config.decode_rate_hz, frame_size=_PCM_BLOCK_SAMPLES
-    )
-    to_target = _resampler(config)
+    def new_pcm16() -> av.AudioResampler:
+        return av.AudioResampler(format="s16", layout=None, rate=config.decode_rate_hz, frame_size=_PCM_BLOCK_SAMPLES)
+
+    to_pcm16, setup = new_pcm16(), None
     scale = np.float32(config.pcm_scale)
-    chunks: list[np.ndarray] = []
-    n_packets = n_bad_packets = 0
+    n_blocks = n_packets = n_bad_packets = 0
     first_error: av.FFmpegError | None = None
     try:
         # The last packet demux yields is empty and flushes the decoder.
@@ -111,14 +137,24 @@ def _decode_stream(container: av.container.InputContainer, config: FeatureConfig
                 continue
             for frame in frames:
                 _check_finite(frame)
+                if setup is not None and (frame.format.name, frame.layout.name, frame.rate) != setup:
+                    # The rate or channels change mid-stream (an mp3 cut from two
+                    # sources): the ffmpeg program reconfigures its resampler, so do we.
+                    for pcm in to_pcm16.resample(None):
+                        n_blocks += 1
+                        yield to_target.resample_chunk(_sum_channels(pcm, scale))
+                    to_pcm16 = new_pcm16()
+                setup = (frame.format.name, frame.layout.name, frame.rate)
                 for pcm in to_pcm16.resample(frame):
-                    chunks.append(to_target.resample_chunk(_sum_channels(pcm, scale)))
+                    n_blocks += 1
+                    yield to_target.resample_chunk(_sum_channels(pcm, scale))
         for pcm in to_pcm16.resample(None):
-            chunks.append(to_target.resample_chunk(_sum_channels(pcm, scale)))
+            n_blocks += 1
+            yield to_target.resample_chunk(_sum_channels(pcm, scale))
     except av.FFmpegError as error:
         raise AudioDecodeError(f"decoding failed: {error}") from error
     if n_bad_packets:
-        if not chunks:
+        if not n_blocks:
             raise AudioDecodeError(
                 f"none of {n_packets} packets decoded; the first error: {first_error}"
             )
@@ -126,8 +162,77 @@ def _decode_stream(container: av.container.InputContainer, config: FeatureConfig
             "skipped %d of %d packets that did not decode (the first error: %s)",
             n_bad_packets, n_packets, first_error,
         )
-    chunks.append(to_target.resample_chunk(np.zeros(0, np.float32), last=True))
-    return [chunk for chunk in chunks if chunk.size]
+
+
+_OGG_PAGE = struct.Struct("<4sBBqIIIB")  # capture, version, flags, granule, serial, seq, crc, segments
+_OGG_BOS = 0x02
+
+
+def _ogg_chains(source: BinaryIO, start: int) -> Iterator[BinaryIO]:
+    """The file as one source, or, for a chained Ogg file, one read-only view per chain
+    (a chain starts at a beginning-of-stream page that follows a page of the previous
+    chain). Only page headers are read; a damaged page ends the scan (the rest stays
+    with the chain before it, whose decoder then skips what it cannot read)."""
+    source.seek(start)
+    if source.read(4) != b"OggS":
+        source.seek(start)
+        yield source
+        return
+    boundaries = [start]
+    position, previous_bos = start, True
+    while True:
+        source.seek(position)
+        header = source.read(_OGG_PAGE.size)
+        if len(header) < _OGG_PAGE.size:
+            break
+        capture, _, flags, _, _, _, _, n_segments = _OGG_PAGE.unpack(header)
+        table = source.read(n_segments)
+        if capture != b"OggS" or len(table) < n_segments:
+            break
+        bos = bool(flags & _OGG_BOS)
+        if bos and not previous_bos:
+            boundaries.append(position)
+        previous_bos = bos
+        position += _OGG_PAGE.size + n_segments + sum(table)
+    end = source.seek(0, io.SEEK_END)
+    if len(boundaries) == 1:
+        source.seek(start)
+        yield source
+        return
+    logger.info("chained Ogg: %d chains", len(boundaries))
+    for begin, stop in zip(boundaries, boundaries[1:] + [end]):
+        yield _FileView(source, begin, stop)
+
+
+class _FileView(io.RawIOBase):
+    """Bytes [begin, end) of a seekable binary file, as a file of their own."""
+
+    def __init__(self, handle: BinaryIO, begin: int, end: int):
+        super().__init__()
+        self._handle, self._begin, self._end = handle, begin, end
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._end - self._begin}[whence]
+        self._position = min(max(base + offset, 0), self._end - self._begin)
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._end - self._begin - self._position
+        size = left if size is None or size < 0 else min(size, left)
+        self._handle.seek(self._begin + self._position)
+        data = self._handle.read(size)
+        self._position += len(data)
+        return data
 
 
 def _sum_channels(pcm: av.AudioFrame, scale: np.float32) -> np.ndarray:

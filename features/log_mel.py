@@ -52,7 +52,10 @@ def power_spectrogram(
     waveform: np.ndarray, *, config: FeatureConfig = DEFAULT_FEATURE_CONFIG
 ) -> np.ndarray:
     """|STFT|² [frames, n_fft // 2 + 1] float32 of a mono waveform (centred frames)."""
-    return np.concatenate([block.copy() for block in _power_blocks(_check_waveform(waveform), config)], axis=0)
+    waveform = _check_waveform(waveform)
+    padded = _reflect_pad(waveform, *_pads(waveform.shape[0], config))
+    blocks = _power_blocks(padded, config.n_frames(waveform.shape[0]), config)
+    return np.concatenate([block.copy() for block in blocks], axis=0)
 
 
 def log_mel(waveform: np.ndarray, *, config: FeatureConfig = DEFAULT_FEATURE_CONFIG) -> np.ndarray:
@@ -68,10 +71,98 @@ def log_mel(waveform: np.ndarray, *, config: FeatureConfig = DEFAULT_FEATURE_CON
       (100 frames per second: a 3 s waveform of 48,000 samples gives 301 frames).
     """
     waveform = _check_waveform(waveform)
+    n_frames = config.n_frames(waveform.shape[0])
+    pad_left, pad_right = _pads(waveform.shape[0], config)
+    return _log_mel_of_padded(_reflect_pad(waveform, pad_left, pad_right), n_frames, config)
+
+
+class LogMelStream:
+    """`log_mel` of a waveform that arrives in chunks, in blocks of frames (multiples of
+    _BLOCK_FRAMES, ~10 s) as soon as the samples they read are in: memory is a few
+    blocks, whatever the track's length.
+
+    `push(chunk)` returns the frames the chunk completes ([k, n_mels], k may be 0);
+    `finish()` the rest (the right edge's reflect padding needs the end). The blocks
+    concatenate to `log_mel(np.concatenate(chunks))` (tests/features/test_streaming.py).
+    """
+
+    # Below this many samples the whole waveform is kept and `log_mel` runs at the end:
+    # reflect padding of a signal shorter than the pad wraps around (np.pad's rule).
+    _MIN_STREAM_SAMPLES = 1 << 14
+
+    def __init__(self, config: FeatureConfig = DEFAULT_FEATURE_CONFIG):
+        self._config = config
+        self._pad_left = _pads(0, config)[0]
+        self._pending: list[np.ndarray] = []  # samples before streaming starts
+        self._buffer: np.ndarray | None = None  # padded signal from frame self._next_frame
+        self._n_samples = 0
+        self._next_frame = 0
+
+    @property
+    def n_frames(self) -> int:
+        """Frames returned so far."""
+        return self._next_frame
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        chunk = _check_waveform(chunk) if np.asarray(chunk).size else np.zeros(0, np.float32)
+        self._n_samples += chunk.size
+        if self._buffer is None:
+            self._pending.append(chunk)
+            if self._n_samples < self._MIN_STREAM_SAMPLES:
+                return self._empty()
+            signal = np.concatenate(self._pending)
+            self._pending = []
+            self._buffer = np.concatenate([signal[1 : self._pad_left + 1][::-1], signal])
+        else:
+            self._buffer = np.concatenate([self._buffer, chunk])
+        # Frame t reads padded samples [t·hop, t·hop + win): complete once they are in,
+        # without the right edge's padding.
+        hop = self._config.hop_samples
+        ready = max((self._buffer.size - self._config.win_samples) // hop + 1, 0)
+        # Whole blocks only, on log_mel's block grid: the mel product then sees the same
+        # shapes as on the whole array, and the numbers are bit for bit the same.
+        return self._emit(self._buffer, ready // _BLOCK_FRAMES * _BLOCK_FRAMES)
+
+    def finish(self) -> np.ndarray:
+        """The remaining frames; raises ConfigError when no sample came at all."""
+        config = self._config
+        if self._buffer is None:
+            out = log_mel(np.concatenate(self._pending or [np.zeros(0, np.float32)]), config=config)
+            self._next_frame = out.shape[0]
+            return out
+        pad_right = _pads(self._n_samples, config)[1]
+        # The buffer holds the signal's last samples (at least win − hop of them, more
+        # than any right pad), so np.pad's reflection of the whole signal is reproduced.
+        tail = self._buffer[-pad_right - 1 : -1][::-1]
+        padded = np.concatenate([self._buffer, tail])
+        return self._emit(padded, config.n_frames(self._n_samples) - self._next_frame)
+
+    def _emit(self, padded: np.ndarray, n_frames: int) -> np.ndarray:
+        if n_frames <= 0:
+            return self._empty()
+        out = _log_mel_of_padded(padded, n_frames, self._config)
+        self._next_frame += n_frames
+        self._buffer = padded[n_frames * self._config.hop_samples :]
+        return out
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, self._config.n_mels), np.float32)
+
+
+def _pads(n_samples: int, config: FeatureConfig) -> tuple[int, int]:
+    """Samples of reflect padding (left, right) so centred frame t reads padded samples
+    [t·hop, t·hop + win): its window sits exactly where librosa puts it inside n_fft."""
+    win, hop, n_fft = config.win_samples, config.hop_samples, config.n_fft
+    left = (n_fft - win) // 2 - n_fft // 2
+    pad_right = (config.n_frames(n_samples) - 1) * hop + left + win - n_samples
+    return -left, max(pad_right, 0)
+
+
+def _log_mel_of_padded(padded: np.ndarray, n_frames: int, config: FeatureConfig) -> np.ndarray:
     basis = mel_filterbank(config)
-    out = np.empty((config.n_frames(waveform.shape[0]), config.n_mels), dtype=np.float32)
+    out = np.empty((n_frames, config.n_mels), dtype=np.float32)
     start = 0
-    for power in _power_blocks(waveform, config):
+    for power in _power_blocks(padded, n_frames, config):
         mel = out[start : start + power.shape[0]]
         np.matmul(power, basis, out=mel)
         mel *= np.float32(config.log_gain)
@@ -98,17 +189,11 @@ def _check_waveform(waveform: np.ndarray) -> np.ndarray:
     return waveform
 
 
-def _power_blocks(waveform: np.ndarray, config: FeatureConfig):
-    """Yields |STFT|² [frames, n_fft // 2 + 1] in blocks of frames; only the window's span
-    of each frame is read. The yielded array is reused by the next block."""
+def _power_blocks(padded: np.ndarray, n_frames: int, config: FeatureConfig):
+    """Yields |STFT|² [frames, n_fft // 2 + 1] of the first n_frames frames of a padded
+    signal (see _pads) in blocks of frames; only the window's span of each frame is read.
+    The yielded array is reused by the next block."""
     win, hop, n_fft = config.win_samples, config.hop_samples, config.n_fft
-    n_frames = config.n_frames(waveform.shape[0])
-    # Frame t is centred on sample t·hop; its window covers [t·hop - win/2, t·hop + win/2)
-    # plus one sample when win is odd, exactly where librosa puts it inside n_fft.
-    left = (n_fft - win) // 2 - n_fft // 2
-    pad_left = -left
-    pad_right = (n_frames - 1) * hop + left + win - waveform.shape[0]
-    padded = _reflect_pad(waveform, pad_left, max(pad_right, 0))
     frames = np.lib.stride_tricks.sliding_window_view(padded, win)[::hop][:n_frames]
     window = _hann(win)
     # The n_fft − win zero columns are written once; each block only refills the window's

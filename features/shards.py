@@ -1,8 +1,15 @@
 """The log-mel TFRecord schema, defined once for the writer (features job) and the readers.
 
-One `tf.train.Example` per track. `log_mel` is raw little-endian bytes of a row-major
-[n_frames, n_mels] array in `log_mel_dtype` (float16 by default: log-mel values lie in
-[0, ~6], where float16 keeps ~3 significant digits and halves the storage).
+One `tf.train.Example` per track segment. `log_mel` is raw little-endian bytes of a
+row-major [n_frames, n_mels] array in `log_mel_dtype` (float16 by default: log-mel values
+lie in [0, ~6], where float16 keeps ~3 significant digits and halves the storage).
+
+Version 2 stores a track longer than SEGMENT_FRAMES (10.9 min) as several consecutive
+records of one track id, each with its `frame_offset` in the track; `final` = 1 marks
+the last (whose `duration_s` is the track's; earlier segments carry the seconds through
+their own end). A track of one segment is one record with offset 0, as in version 1,
+whose shards are still read (as offset 0, final). No record exceeds
+SEGMENT_FRAMES × n_mels × 4 bytes (25 MB at float32).
 This is the only module of features/ that imports TensorFlow.
 """
 from __future__ import annotations
@@ -20,7 +27,8 @@ import tensorflow as tf
 from musicrep.errors import ConfigError, MusicrepError, RecordError
 from musicrep.manifest import resolve_files
 
-SCHEMA_VERSION = "musicrep-shard-1"
+SCHEMA_VERSION = "musicrep-shard-2"
+READABLE_VERSIONS = ("musicrep-shard-1", SCHEMA_VERSION)
 SHARD_KIND = "features"  # the features job's file prefix and manifest kind
 SHARD_SUFFIX = ".tfrecord.gz"
 LOG_MEL_DTYPES = ("float16", "float32")
@@ -29,7 +37,7 @@ _BYTES = (
     "schema_version", "track_id", "uri", "content_sha256", "log_mel", "log_mel_dtype", "feature_config",
     "feature_version",
 )
-_INTS = ("sample_rate", "n_mels", "n_frames")
+_INTS = ("sample_rate", "n_mels", "n_frames", "frame_offset", "final")
 _FLOATS = ("duration_s",)
 
 FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
@@ -39,12 +47,17 @@ FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
     "schema_version": tf.io.FixedLenFeature([], tf.string, default_value=""),
     **{key: tf.io.FixedLenFeature([], tf.int64) for key in _INTS},
     **{key: tf.io.FixedLenFeature([], tf.float32) for key in _FLOATS},
+    # Version 1 had no segments: every record was a whole track.
+    "frame_offset": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    "final": tf.io.FixedLenFeature([], tf.int64, default_value=1),
 }
+_OPTIONAL = {"frame_offset": 0, "final": 1}
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureRecord:
-    """One track's features as stored in a shard; `log_mel` is [n_frames, n_mels] float32."""
+    """One track segment's features as stored in a shard; `log_mel` is [n_frames, n_mels]
+    float32, frames from `frame_offset` of the track; `final`: the track's last segment."""
 
     track_id: str
     uri: str
@@ -54,6 +67,8 @@ class FeatureRecord:
     log_mel: np.ndarray
     feature_config: str
     feature_version: str
+    frame_offset: int = 0
+    final: bool = True
 
     @property
     def n_frames(self) -> int:
@@ -82,6 +97,8 @@ def serialize_record(record: FeatureRecord, *, dtype: str = "float16") -> bytes:
         "n_mels": record.n_mels,
         "n_frames": record.n_frames,
         "duration_s": record.duration_s,
+        "frame_offset": record.frame_offset,
+        "final": int(record.final),
     }
     feature = {}
     for key, value in values.items():
@@ -103,9 +120,9 @@ def parse_record(serialized: bytes) -> FeatureRecord:
     """
     feature = tf.train.Example.FromString(serialized).features.feature
     found = feature["schema_version"].bytes_list.value[0].decode() if "schema_version" in feature else None
-    if found != SCHEMA_VERSION:
+    if found not in READABLE_VERSIONS:
         raise RecordError(_version_message(found))
-    missing = [key for key in FEATURE_SPEC if key not in feature]
+    missing = [key for key in FEATURE_SPEC if key not in feature and key not in _OPTIONAL]
     if missing:
         raise RecordError(f"not a musicrep feature record: missing keys {missing}")
 
@@ -124,12 +141,18 @@ def parse_record(serialized: bytes) -> FeatureRecord:
         log_mel=log_mel,
         feature_config=text("feature_config"),
         feature_version=text("feature_version"),
+        frame_offset=int(feature["frame_offset"].int64_list.value[0]) if "frame_offset" in feature else 0,
+        final=bool(feature["final"].int64_list.value[0]) if "final" in feature else True,
     )
 
 
 def _version_message(found: str | None) -> str:
     shown = repr(found) if found else "none (a shard written before versions were recorded, or not ours)"
-    return f"feature shard schema version {shown}; this musicrep reads {SCHEMA_VERSION!r}: rerun the features job"
+    return f"feature shard schema version {shown}; this musicrep reads {_readable()}: rerun the features job"
+
+
+def _readable() -> str:
+    return " or ".join(repr(version) for version in READABLE_VERSIONS)
 
 
 def _decode_log_mel(payload: bytes, dtype: str, n_frames: int, n_mels: int) -> np.ndarray:
@@ -143,9 +166,10 @@ def _decode_log_mel(payload: bytes, dtype: str, n_frames: int, n_mels: int) -> n
 
 def check_schema_version(version: tf.Tensor) -> tf.Operation | None:
     """The tf.data readers' version check: InvalidArgumentError with the found and expected versions."""
+    readable = tf.reduce_any(tf.equal(version, tf.constant(READABLE_VERSIONS)))
     return tf.debugging.Assert(
-        tf.equal(version, SCHEMA_VERSION),
-        ["feature shard schema version", version, f"; this musicrep reads {SCHEMA_VERSION!r}: rerun the features job"],
+        readable,
+        ["feature shard schema version", version, f"; this musicrep reads {_readable()}: rerun the features job"],
     )
 
 
@@ -178,7 +202,8 @@ def read_shards(pattern: str, *, parallel_reads: int = 4) -> tf.data.Dataset:
     job's output directory (the files its manifest lists) or a glob, local or gs://.
 
     Each element is a dict with the keys of FEATURE_SPEC; `log_mel` is float32
-    [n_frames, n_mels] and the byte fields are tf.string scalars.
+    [n_frames, n_mels] and the byte fields are tf.string scalars. A long track is several
+    consecutive elements (segments: `frame_offset`, `final`).
     """
     files = resolve_files(pattern, kind=SHARD_KIND)
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=min(parallel_reads, len(files)))
@@ -233,3 +258,4 @@ def iterate_shard_records(handle: BinaryIO) -> Iterator[bytes]:
 def _masked_crc32c(data: bytes) -> int:
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+

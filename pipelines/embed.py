@@ -30,7 +30,14 @@ from musicrep.features.shards import SHARD_KIND
 from musicrep.features.windows import WindowSpec
 from musicrep.manifest import MANIFEST_NAME, resolve_files
 from musicrep.pipelines import commit, schema, settings
-from musicrep.pipelines.embed_transforms import EmbedTracks, ParseShardRecord, ReadShardFile, SkipExisting
+from musicrep.pipelines.embed_transforms import (
+    EmbedAudioWindows,
+    EmbedTracks,
+    ParseShardRecord,
+    PlaceWindows,
+    ReadShardFile,
+    SkipExisting,
+)
 from musicrep.pipelines.features import ExtractLogMel, ListTracks, check_source
 from musicrep.pipelines.inference import EmbeddingModelHandler, InferenceSpec
 from musicrep.pipelines.options import make_pipeline_options
@@ -55,6 +62,7 @@ def build_pipeline(
     windows: WindowSpec = WindowSpec(),
     inference: InferenceSpec = InferenceSpec(),
     per_window: bool = False,
+    time_budget_s: float | None = None,
 ) -> None:
     """The embed job: shards (or audio → log-mel) → windows → RunInference → Parquet, and
     the totals of the run (for the commit) written next to them in `output_dir`.
@@ -79,12 +87,14 @@ def build_pipeline(
         existing_keys = existing_rows | "ExistingHashes" >> beam.Map(lambda kv: (kv[0], kv[1]["content_sha256"]))
 
     if audio is not None:
+        compute = EmbedAudioWindows(metadata=metadata, windows=windows, time_budget_s=time_budget_s)
         extracted = (
             pipeline
             | "ListTracks" >> ListTracks(audio)
-            | "ExtractLogMel" >> ExtractLogMel(metadata.features, existing=existing_keys)
+            | "ExtractLogMel" >> ExtractLogMel(metadata.features, existing=existing_keys, compute=compute)
         )
-        records, input_errors, skipped = extracted["features"], extracted["errors"], extracted["skipped"]
+        chunks, partials = extracted["features"], extracted["partials"]
+        input_errors, skipped = extracted["errors"], extracted["skipped"]
     else:
         read = (
             pipeline
@@ -100,8 +110,12 @@ def build_pipeline(
                 SkipExisting(), existing=beam.pvalue.AsDict(existing_keys)
             ).with_outputs("skipped", main="records")
             records, skipped = kept.records, kept.skipped
+        placed = records | "PlaceWindows" >> beam.ParDo(PlaceWindows(metadata=metadata, windows=windows)).with_outputs(
+            "partials", main="chunks"
+        )
+        chunks, partials = placed.chunks, placed.partials
 
-    embedded = records | "EmbedTracks" >> EmbedTracks(
+    embedded = {"chunks": chunks, "partials": partials} | "EmbedTracks" >> EmbedTracks(
         metadata=metadata,
         windows=windows,
         handler=EmbeddingModelHandler(model_uri, inference),
@@ -227,6 +241,7 @@ def run(argv: list[str] | None = None) -> int:
         windows=windows,
         inference=inference,
         per_window=args.per_window,
+        time_budget_s=args.time_budget_s,
     )
     commit.run_to_success(pipeline)
     manifest = commit.commit(staged, job="embed", prefixes=OUTPUT_PREFIXES, settings=vars(args))

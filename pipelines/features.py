@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import glob
 import logging
 import os
 import time
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -24,9 +25,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from musicrep import fileio
-from musicrep.errors import ConfigError
+from musicrep.errors import ConfigError, TooShortError, TrackTimeoutError
 from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
 from musicrep.features.shards import SHARD_KIND, FeatureRecord, serialize_record
+from musicrep.features.stream import SEGMENT_FRAMES, Segmenter, Stopwatch, TrackLogMel, check_time_budget
 from musicrep.manifest import MANIFEST_NAME
 from musicrep.pipelines import commit
 from musicrep.pipelines.options import METRICS_NAMESPACE, counter_values, make_pipeline_options
@@ -131,16 +133,21 @@ class KeepOneUriPerTrack(beam.DoFn):
             yield beam.pvalue.TaggedOutput("errors", {**record, "message": message})
 
 
-class ComputeLogMel(beam.DoFn):
-    """(track_id, uri) → FeatureRecord, or a dead letter naming the stage.
+class StreamTrack(beam.DoFn):
+    """(track_id, uri) → the track's log-mel as a stream of blocks, handed to the
+    subclass (`on_block`, `on_end`, `on_failure`), so no stage holds the whole track.
 
     With `existing` (track_id → content_sha256 of tracks already embedded with the same
     model and features), a track whose bytes hash to the known value is not decoded:
-    it goes to the "skipped" output as (track_id, uri).
+    it goes to the "skipped" output as (track_id, uri). `time_budget_s` bounds the time
+    one track may take (a dead letter `timeout`); `max_samples` the waveform decoded.
     """
 
-    def __init__(self, config: FeatureConfig):
+    def __init__(self, config: FeatureConfig, *, time_budget_s: float | None = None, max_samples: int | None = None):
+        check_time_budget(time_budget_s)  # in the launcher, before any work
         self._config = config
+        self._time_budget_s = time_budget_s
+        self._max_samples = max_samples
         self._read = Metrics.counter(METRICS_NAMESPACE, "tracks_read")
         self._written = Metrics.counter(METRICS_NAMESPACE, "tracks_written")
         self._failed = Metrics.counter(METRICS_NAMESPACE, "tracks_failed")
@@ -157,7 +164,6 @@ class ComputeLogMel(beam.DoFn):
         # Runners start one worker per core: BLAS threads on top only fight each other
         # (the resampler's and mel products run 2-3x slower with them on a busy machine).
         threadpoolctl.threadpool_limits(1, user_api="blas")
-        self._features = features
         features.mel_filterbank(self._config)
         self._done = 0
         self._last_progress = time.monotonic()
@@ -167,60 +173,142 @@ class ComputeLogMel(beam.DoFn):
         commit.pause_at(f"track:{track_id}")
         started = time.perf_counter()
         self._read.inc()
+        track = TrackInProgress(track_id=track_id, uri=uri)
         stage = "read"
         try:
             with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-                content_sha256 = fileio.sha256_of(handle)
-                if existing and existing.get(track_id) == content_sha256:
+                track.content_sha256 = fileio.sha256_of(handle)
+                if existing and existing.get(track_id) == track.content_sha256:
                     self._skipped.inc()
                     yield beam.pvalue.TaggedOutput("skipped", (track_id, uri))
                     return
                 handle.seek(0)
                 stage = "decode"
-                waveform = self._features.decode(handle, config=self._config)
-            stage = "log_mel"
-            log_mel = self._features.log_mel(waveform, config=self._config)
-            duration_s = waveform.shape[0] / self._config.sample_rate_hz
-            record = FeatureRecord(
-                track_id=track_id,
-                uri=uri,
-                content_sha256=content_sha256,
-                sample_rate=self._config.sample_rate_hz,
-                duration_s=duration_s,
-                log_mel=log_mel,
-                feature_config=self._config.to_json(),
-                feature_version=self._config.version,
-            )
+                blocks = TrackLogMel(
+                    handle, config=self._config, max_samples=self._max_samples, stopwatch=Stopwatch(self._time_budget_s)
+                )
+                for block in blocks:
+                    yield from self.on_block(track, block)
+            track.duration_s = blocks.duration_s
+            yield from self.on_end(track)
         except Exception as error:  # every failure becomes a dead letter, never a crash
             self._failed.inc()
-            yield beam.pvalue.TaggedOutput(
-                "errors", error_record(track_id=track_id, uri=uri, stage=stage, error=error)
-            )
+            letter = error_record(track_id=track_id, uri=uri, stage=failure_stage(error, stage), error=error)
+            yield from self.on_failure(track, letter)
         else:
             self._written.inc()
-            self._audio_seconds.inc(int(round(duration_s)))
-            yield record
+            self._audio_seconds.inc(int(round(track.duration_s)))
         self._track_ms.update(int((time.perf_counter() - started) * 1000))
         self._report_progress()
+
+    def on_block(self, track: "TrackInProgress", block) -> Iterator:
+        raise NotImplementedError
+
+    def on_end(self, track: "TrackInProgress") -> Iterator:
+        raise NotImplementedError
+
+    def on_failure(self, track: "TrackInProgress", letter: dict) -> Iterator:
+        raise NotImplementedError
 
     def _report_progress(self) -> None:
         self._done += 1
         now = time.monotonic()
         if now - self._last_progress >= _PROGRESS_EVERY_S:
-            logger.info("features: %d tracks processed by this worker", self._done)
+            logger.info("%s: %d tracks processed by this worker", type(self).__name__, self._done)
             self._last_progress = now
 
 
-class ExtractLogMel(beam.PTransform):
-    """(track_id, uri) pairs → {"features": FeatureRecords, "errors": dead letters,
-    "skipped": (track_id, uri) of tracks `existing` already covers}.
+@dataclasses.dataclass
+class TrackInProgress:
+    """What a StreamTrack knows of the track it is on; `state`: the subclass's."""
 
-    `existing`, optional: a PCollection of (track_id, content_sha256) to skip.
+    track_id: str
+    uri: str
+    content_sha256: str = ""
+    duration_s: float = 0.0
+    state: Any = None
+
+
+def failure_stage(error: BaseException, stage: str) -> str:
+    """The dead letter's stage: what failed, or where the track was when it did."""
+    if isinstance(error, TrackTimeoutError):
+        return "timeout"
+    if isinstance(error, TooShortError):
+        return "too_short"
+    if stage == "decode" and isinstance(error, ConfigError):
+        return "log_mel"
+    return stage
+
+
+class ComputeLogMel(StreamTrack):
+    """(track_id, uri) → FeatureRecords (segments of SEGMENT_FRAMES, see
+    musicrep.features.shards), or a dead letter naming the stage.
+
+    A long track whose first segments are out when it fails (a timeout, a decode error
+    hours in) is closed with what was decoded: its final record says so through the
+    counter `tracks_truncated` and a warning, as one output for the input.
     """
 
-    def __init__(self, config: FeatureConfig = DEFAULT_FEATURE_CONFIG, existing=None):
+    def __init__(self, config: FeatureConfig, *, time_budget_s: float | None = None, segment_frames: int = SEGMENT_FRAMES):
+        super().__init__(config, time_budget_s=time_budget_s)
+        self._segment_frames = segment_frames
+        self._truncated = Metrics.counter(METRICS_NAMESPACE, "tracks_truncated")
+
+    def on_block(self, track: TrackInProgress, block) -> Iterator:
+        if track.state is None:
+            track.state = Segmenter(self._segment_frames)
+        for offset, frames in track.state.push(block):
+            yield self._record(track, offset, frames, final=False)
+
+    def on_end(self, track: TrackInProgress) -> Iterator:
+        offset, frames = track.state.finish()
+        yield self._record(track, offset, frames, final=True)
+
+    def on_failure(self, track: TrackInProgress, letter: dict) -> Iterator:
+        if track.state is None or not track.state.frames_out:
+            yield beam.pvalue.TaggedOutput("errors", letter)
+            return
+        self._truncated.inc()
+        offset, frames = track.state.finish()
+        track.duration_s = (offset + frames.shape[0]) / self._config.frames_per_second
+        logger.warning("track %r ends at %.0f s: %s", track.track_id, track.duration_s, letter["message"])
+        yield self._record(track, offset, frames, final=True)
+
+    def _record(self, track: TrackInProgress, offset: int, frames, *, final: bool) -> FeatureRecord:
+        return FeatureRecord(
+            track_id=track.track_id,
+            uri=track.uri,
+            content_sha256=track.content_sha256,
+            sample_rate=self._config.sample_rate_hz,
+            duration_s=track.duration_s if final else (offset + frames.shape[0]) / self._config.frames_per_second,
+            log_mel=frames,
+            feature_config=self._config.to_json(),
+            feature_version=self._config.version,
+            frame_offset=offset,
+            final=final,
+        )
+
+
+class ExtractLogMel(beam.PTransform):
+    """(track_id, uri) pairs → {"features": FeatureRecords (a long track's segments in
+    order), "errors": dead letters, "skipped": (track_id, uri) of tracks `existing`
+    already covers, "partials": what `compute` sends there}.
+
+    `existing`, optional: a PCollection of (track_id, content_sha256) to skip.
+    `compute`, optional: the StreamTrack DoFn (default ComputeLogMel(config): shard
+    records); the embed jobs pass theirs, whose main output is window chunks.
+    """
+
+    def __init__(
+        self,
+        config: FeatureConfig = DEFAULT_FEATURE_CONFIG,
+        existing=None,
+        *,
+        time_budget_s: float | None = None,
+        compute: StreamTrack | None = None,
+    ):
         super().__init__()
-        self._config = config
+        self._compute = compute or ComputeLogMel(config, time_budget_s=time_budget_s)
         self._existing = existing
 
     def expand(self, tracks):
@@ -232,11 +320,11 @@ class ExtractLogMel(beam.PTransform):
             | "KeepOneUriPerTrack" >> beam.ParDo(KeepOneUriPerTrack()).with_outputs("errors", main="tracks")
         )
         existing = beam.pvalue.AsDict(self._existing) if self._existing is not None else None
-        computed = unique.tracks | "ComputeLogMel" >> beam.ParDo(
-            ComputeLogMel(self._config), existing=existing
-        ).with_outputs("errors", "skipped", main="features")
+        computed = unique.tracks | "ComputeLogMel" >> beam.ParDo(self._compute, existing=existing).with_outputs(
+            "errors", "skipped", "partials", main="features"
+        )
         errors = (unique.errors, computed.errors) | "AllErrors" >> beam.Flatten()
-        return {"features": computed.features, "errors": errors, "skipped": computed.skipped}
+        return {"features": computed.features, "errors": errors, "skipped": computed.skipped, "partials": computed.partials}
 
 
 def build_pipeline(
@@ -247,10 +335,15 @@ def build_pipeline(
     num_shards: int = 0,
     dtype: str = "float16",
     config: FeatureConfig = DEFAULT_FEATURE_CONFIG,
+    time_budget_s: float | None = None,
 ) -> None:
     """The features job: list → group by track id → decode + log-mel → shards + errors,
     and the number of each (for the commit) written next to them in `output_dir`."""
-    results = pipeline | "ListTracks" >> ListTracks(source) | "ExtractLogMel" >> ExtractLogMel(config)
+    results = (
+        pipeline
+        | "ListTracks" >> ListTracks(source)
+        | "ExtractLogMel" >> ExtractLogMel(config, time_budget_s=time_budget_s)
+    )
     serialized = results["features"] | "Serialize" >> beam.Map(serialize_record, dtype=dtype)
     _ = serialized | "WriteShards" >> beam.io.WriteToTFRecord(
         FileSystems.join(output_dir, SHARD_PREFIX),
@@ -260,8 +353,25 @@ def build_pipeline(
         compression_type=CompressionTypes.GZIP,
     )
     _ = results["errors"] | "WriteErrors" >> WriteDeadLetters(output_dir)
-    _ = serialized | "CountShardRecords" >> commit.WriteTotal(output_dir, SHARD_PREFIX)
+    # Tracks, not records: a long track is several segments, the last one final.
+    _ = results["features"] | "CountShardTracks" >> commit.WriteTotal(output_dir, SHARD_PREFIX, _final)
     _ = results["errors"] | "CountErrors" >> commit.WriteTotal(output_dir, ERRORS_PREFIX)
+
+
+def _final(record: FeatureRecord) -> int:
+    return int(record.final)
+
+
+def add_time_budget_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds of work one track may take (decode, log-mel and, in embed, the model); a track "
+        "that takes longer is a dead letter 'timeout' with the time spent and the worker moves on "
+        "(default: no budget; a 10-hour track takes ~6 min of one core)",
+    )
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -283,6 +393,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--dtype", choices=("float16", "float32"), default="float16", help="log-mel storage type (default float16)"
     )
+    add_time_budget_argument(parser)
     return parser.parse_known_args(argv)
 
 
@@ -291,11 +402,13 @@ def run(argv: list[str] | None = None) -> int:
     if args.shards < 0:
         raise ConfigError(f"--shards must be >= 0, got {args.shards}")
     check_source(args.input)
+    check_time_budget(args.time_budget_s)
     options = make_pipeline_options(beam_args)
     started = time.perf_counter()
     staged = commit.start_run(args.output)
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, source=args.input, output_dir=staged.staging_dir, num_shards=args.shards, dtype=args.dtype)
+    build_pipeline(pipeline, source=args.input, output_dir=staged.staging_dir, num_shards=args.shards,
+                   dtype=args.dtype, time_budget_s=args.time_budget_s)
     result = commit.run_to_success(pipeline)
     manifest = commit.commit(staged, job="features", prefixes=OUTPUT_PREFIXES, settings=vars(args))
     elapsed_s = time.perf_counter() - started
@@ -316,7 +429,8 @@ def summary(manifest: dict, counters: dict[str, int], *, output_dir: str, elapse
             f"features: {written + failed} tracks read, {written} written, {failed} failed, "
             f"{audio}{elapsed_s:.1f} s; run {manifest['run_id']}",
             f"  shards: {FileSystems.join(output_dir, SHARD_PREFIX)}-{manifest['run_id']}-*-of-*.tfrecord.gz "
-            "(one tf.train.Example per track: track_id, uri, content_sha256, log_mel [n_frames, 96], ...)",
+            "(one tf.train.Example per track, or per 10.9-minute segment of a longer one: track_id, uri, "
+            "content_sha256, log_mel [n_frames, 96], frame_offset, final, ...)",
             f"  errors: {FileSystems.join(output_dir, ERRORS_PREFIX)}-{manifest['run_id']}-*-of-*.jsonl "
             "(one JSON line per input that failed: uri, track_id, stage, error_type, message)",
             f"  manifest: {FileSystems.join(output_dir, MANIFEST_NAME)} (the committed files; "

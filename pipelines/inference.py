@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class TrackWindows:
-    """A track's log-mel [n_frames, n_mels] and where its windows start (frames)."""
+    """A track's log-mel [n_frames, n_mels] (or a chunk of it, from track frame
+    `first_frame`) and where its windows start in it (frames)."""
 
     track_id: str
     uri: str
@@ -35,6 +36,7 @@ class TrackWindows:
     log_mel: np.ndarray
     starts: np.ndarray
     window_frames: int
+    first_frame: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,7 +45,7 @@ from apache_beam.metrics import Metrics
 from musicrep import fileio
 from musicrep.pipelines import commit as run_commit
 from musicrep.pipelines.embed import embed_pipeline_options
-from musicrep.pipelines.embed_transforms import EmbedTracks
+from musicrep.pipelines.embed_transforms import EmbedAudioWindows, EmbedTracks
 from musicrep.pipelines.features import ExtractLogMel
 from musicrep.features.windows import WindowSpec
 from musicrep.pipelines.inference import EmbeddingModelHandler, InferenceSpec
@@ -69,15 +69,22 @@ class EmbedAudio(beam.PTransform):
     {"rows": embedding rows, "errors": dead letters, "unchanged": track ids whose bytes
     hash to the known value (not decoded)}: decode + log-mel + model."""
 
-    def __init__(self, *, metadata, windows: WindowSpec, handler: EmbeddingModelHandler):
+    def __init__(
+        self, *, metadata, windows: WindowSpec, handler: EmbeddingModelHandler, time_budget_s: float | None = None
+    ):
         super().__init__()
         self._metadata = metadata
         self._windows = windows
         self._handler = handler
+        self._time_budget_s = time_budget_s
 
     def expand(self, inputs):
-        extracted = inputs["tracks"] | "ExtractLogMel" >> ExtractLogMel(self._metadata.features, existing=inputs["known"])
-        embedded = extracted["features"] | "EmbedTracks" >> EmbedTracks(
+        compute = EmbedAudioWindows(metadata=self._metadata, windows=self._windows, time_budget_s=self._time_budget_s)
+        extracted = inputs["tracks"] | "ExtractLogMel" >> ExtractLogMel(
+            self._metadata.features, existing=inputs["known"], compute=compute
+        )
+        streams = {"chunks": extracted["features"], "partials": extracted["partials"]}
+        embedded = streams | "EmbedTracks" >> EmbedTracks(
             metadata=self._metadata, windows=self._windows, handler=self._handler
         )
         errors = (extracted["errors"], embedded["errors"]) | "AllErrors" >> beam.Flatten()
@@ -331,7 +338,10 @@ def run(argv: list[str] | None = None, *, make_compute: Callable[..., beam.PTran
         compute = make_compute(settings=settings, embedding_size=metadata.embedding_size)
     else:
         compute = EmbedAudio(
-            metadata=metadata, windows=windows, handler=EmbeddingModelHandler(args.model, inference)
+            metadata=metadata,
+            windows=windows,
+            handler=EmbeddingModelHandler(args.model, inference),
+            time_budget_s=args.time_budget_s,
         )
     pipeline = beam.Pipeline(options=pipeline_options)
     build_pipeline(

@@ -8,8 +8,10 @@ import argparse
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from musicrep.features.config import FeatureConfig
+from musicrep.features.stream import check_time_budget
 from musicrep.features.windows import AGGREGATES, WindowSpec
 from musicrep.model.engines import ENGINES, PRECISIONS
+from musicrep.pipelines.features import add_time_budget_argument
 from musicrep.pipelines.inference import InferenceSpec
 from musicrep.pipelines.options import threads_per_worker
 
@@ -28,6 +30,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"hop between window centres in seconds (default {default.hop_s:g} = 0.5 Hz)",
     )
     parser.add_argument("--max-windows", type=int, default=None, help="embed at most this many windows per track")
+    parser.add_argument(
+        "--max-duration-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="embed only the first S seconds of each track (with --audio the rest is never decoded; "
+        "recorded in each row's window_spec and duration_s; default: the whole track)",
+    )
     parser.add_argument(
         "--aggregate", choices=AGGREGATES, default=default.aggregate, help=f"window pooling (default {default.aggregate})"
     )
@@ -54,12 +64,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="fp32, or bf16 on workers with bf16 units (AMX or AVX-512 BF16 CPUs; GPUs with --engine tf); "
         "refused elsewhere. Recorded in every row.",
     )
+    add_time_budget_argument(parser)
 
 
 def window_spec(args: argparse.Namespace, features: FeatureConfig) -> WindowSpec:
     """The WindowSpec the options ask for, checked against the model's frame grid."""
-    spec = WindowSpec(window_s=args.window_s, hop_s=args.hop_s, max_windows=args.max_windows, aggregate=args.aggregate)
+    spec = WindowSpec(
+        window_s=args.window_s,
+        hop_s=args.hop_s,
+        max_windows=args.max_windows,
+        aggregate=args.aggregate,
+        max_duration_s=args.max_duration_s,
+    )
     spec.frames(features)
+    check_time_budget(args.time_budget_s)
     return spec
 
 

@@ -5,6 +5,10 @@ import json
 import os
 import re
 
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
 from musicrep.manifest import MANIFEST_NAME, committed_files, read_manifest
 
 _RUN_ID = re.compile(r"-\d{8}T\d{6}Z-[0-9a-f]{6}-")
@@ -41,6 +45,16 @@ def assert_only_committed(output_dir: str) -> dict:
     return manifest
 
 
+def read_embeddings(output_dir: str) -> pd.DataFrame:
+    """The committed rows; the directory holds nothing else and the manifest counts them."""
+    manifest = assert_only_committed(output_dir)
+    files = committed(output_dir, "embeddings")
+    table = pd.concat([pq.read_table(f).to_pandas() for f in files]).set_index("track_id").sort_index()
+    assert manifest["counts"]["embeddings"] == len(table)
+    assert not table.index.duplicated().any()
+    return table
+
+
 def log_mels(output_dir: str) -> dict[str, bytes]:
     """track_id → the log-mel bytes of the committed shards."""
     from musicrep.features import read_shards
@@ -48,16 +62,9 @@ def log_mels(output_dir: str) -> dict[str, bytes]:
     return {e["track_id"].numpy().decode(): e["log_mel"].numpy().tobytes() for e in read_shards(output_dir)}
 
 
-def embeddings(output_dir: str) -> dict[str, "np.ndarray"]:
-    """track_id → the committed embedding (float32)."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    found = {}
-    for path in committed(output_dir, "embeddings"):
-        for row in pq.read_table(path, columns=["track_id", "embedding"]).to_pylist():
-            found[row["track_id"]] = np.asarray(row["embedding"], np.float32)
-    return found
+def embeddings(output_dir: str) -> dict[str, np.ndarray]:
+    """track_id → the committed embedding (float32), read as `read_embeddings` reads them."""
+    return {track: np.asarray(vector, np.float32) for track, vector in read_embeddings(output_dir)["embedding"].items()}
 
 
 def dead_letter_stages(output_dir: str) -> list[tuple[str, str]]:

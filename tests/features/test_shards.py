@@ -4,7 +4,15 @@ import pytest
 import tensorflow as tf
 
 from musicrep.errors import RecordError
-from musicrep.features.shards import SCHEMA_VERSION, FeatureRecord, parse_example, parse_record, serialize_record
+import dataclasses
+
+from musicrep.features.shards import (
+    SCHEMA_VERSION,
+    FeatureRecord,
+    parse_example,
+    parse_record,
+    serialize_record,
+)
 
 
 def _record(rng) -> FeatureRecord:
@@ -37,7 +45,37 @@ def test_the_version_is_written_and_the_record_round_trips(rng):
 @pytest.mark.parametrize("found, shown", [("musicrep-shard-0", "'musicrep-shard-0'"), (None, "none")])
 def test_another_or_no_version_is_a_record_error_naming_both(rng, found, shown):
     serialized = _with_version(serialize_record(_record(rng)), found)
-    with pytest.raises(RecordError, match=f"schema version {shown}.*this musicrep reads '{SCHEMA_VERSION}'"):
+    with pytest.raises(RecordError, match=f"schema version {shown}.*this musicrep reads .*'{SCHEMA_VERSION}'"):
         parse_record(serialized)
     with pytest.raises(tf.errors.InvalidArgumentError, match=SCHEMA_VERSION):
         parse_example(tf.constant(serialized))
+
+
+def _as_version_1(serialized: bytes) -> bytes:
+    """A record as musicrep-shard-1 wrote it: no segment fields."""
+    example = tf.train.Example.FromString(_with_version(serialized, "musicrep-shard-1"))
+    for key in ("frame_offset", "final"):
+        del example.features.feature[key]
+    return example.SerializeToString()
+
+
+def test_version_1_shards_are_still_read_as_whole_tracks(rng):
+    record = _record(rng)
+    old = _as_version_1(serialize_record(record, dtype="float32"))
+    again = parse_record(old)
+    assert (again.frame_offset, again.final) == (0, True)
+    np.testing.assert_array_equal(again.log_mel, record.log_mel)
+    parsed = parse_example(tf.constant(old))
+    assert (int(parsed["frame_offset"]), int(parsed["final"])) == (0, 1)
+    np.testing.assert_array_equal(parsed["log_mel"].numpy(), record.log_mel)
+
+
+def test_segments_round_trip_with_their_offsets(rng):
+    whole = _record(rng)
+    segments = [
+        dataclasses.replace(whole, log_mel=whole.log_mel[a:b], frame_offset=a, final=b == 101)
+        for a, b in ((0, 40), (40, 80), (80, 101))
+    ]
+    parsed = [parse_record(serialize_record(r, dtype="float32")) for r in segments]
+    assert [(r.frame_offset, r.final, r.n_frames) for r in parsed] == [(0, False, 40), (40, False, 40), (80, True, 21)]
+    np.testing.assert_array_equal(np.concatenate([r.log_mel for r in parsed]), whole.log_mel)

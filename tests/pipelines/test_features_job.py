@@ -6,11 +6,14 @@ import hashlib
 import json
 import os
 
+import dataclasses
+
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import threadpoolctl
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -19,21 +22,44 @@ from job_outputs import assert_only_committed, committed, read_dead_letters
 from musicrep.errors import ConfigError
 from musicrep.features import decode, log_mel, parse_record, read_shards
 from musicrep.features.config import DEFAULT_FEATURE_CONFIG
+from musicrep.features.stream import SEGMENT_FRAMES
 from musicrep.pipelines import features as job
 
 RUNNER_ARGS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
 
 
+def worker_log_mel(content: bytes) -> np.ndarray:
+    """The bare functions with one BLAS thread, as the job's workers run them: the mel
+    product's sums differ in their last bits with the thread count (~2e-5 after the log)."""
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        return log_mel(decode(content))
+
+
+SEGMENTS: dict[str, int] = {}  # records per track of the last read_outputs
+
+
 def read_outputs(output_dir: str) -> tuple[dict, list[dict]]:
-    """The committed records by track id and the dead letters; the directory holds
-    nothing else and the manifest's counts are the files' contents."""
+    """The committed records by track id (a long track's segments joined) and the dead
+    letters; the directory holds nothing else and the manifest's counts are the files'
+    contents."""
     manifest = assert_only_committed(output_dir)
     records = {}
     for path in committed(output_dir, "features"):
+        segments = []  # of the track being read: consecutive in its shard, in order
         for serialized in _tfrecords(path):
             record = parse_record(serialized)
             assert record.track_id not in records, f"{record.track_id} written twice"
-            records[record.track_id] = record
+            if segments:
+                assert record.track_id == segments[0].track_id, f"{segments[0].track_id} has no final segment"
+            assert record.frame_offset == sum(s.n_frames for s in segments)
+            assert record.n_frames <= SEGMENT_FRAMES
+            segments.append(record)
+            if record.final:
+                whole = np.concatenate([s.log_mel for s in segments])
+                records[record.track_id] = dataclasses.replace(record, log_mel=whole, frame_offset=0)
+                SEGMENTS[record.track_id] = len(segments)
+                segments = []
+        assert not segments
     errors = read_dead_letters(output_dir)
     assert manifest["counts"] == {"features": len(records), "errors": len(errors)}
     return records, errors
@@ -100,7 +126,7 @@ def test_job_writes_features_equal_to_the_bare_functions(good_catalog, tmp_path)
         record = records[track_id]
         with open(path, "rb") as handle:
             content = handle.read()
-        expected = log_mel(decode(content))
+        expected = worker_log_mel(content)
         assert record.uri == path
         assert record.content_sha256 == hashlib.sha256(content).hexdigest()
         assert record.log_mel.shape == expected.shape
@@ -127,6 +153,10 @@ def test_bad_inputs_are_written_or_dead_lettered_and_counts_add_up(bad_catalog, 
     assert records["clip"].n_frames == 1 + int(0.2 * 16000) // 160
     assert np.all(records["silence"].log_mel == 0.0)
     assert records["long"].duration_s == pytest.approx(1200.0, abs=0.01)
+    # 20 minutes are two segments, cut exactly where one array would be.
+    assert SEGMENTS["long"] == 2 and records["long"].n_frames == 1 + 1200 * 100
+    long_log_mel = worker_log_mel((bad_catalog / "long.flac").read_bytes())
+    np.testing.assert_array_equal(records["long"].log_mel, long_log_mel.astype(np.float16).astype(np.float32))
     # Eight tones summed: louder than one channel could be (SPEC §1's channel sum).
     assert records["eight channels 96k"].log_mel.max() > 0
     summary = capsys.readouterr().out
@@ -191,7 +221,7 @@ def test_read_shards_parses_float16_shards(good_catalog, tmp_path):
     out = str(tmp_path / "out")
     job.run(["--input", f"{good_catalog}/*.wav", "--output", out, *RUNNER_ARGS])
     (element,) = list(read_shards(out))
-    expected = log_mel(decode((good_catalog / "a.wav").read_bytes()))
+    expected = worker_log_mel((good_catalog / "a.wav").read_bytes())
     assert element["track_id"].numpy() == b"a"
     assert element["log_mel_dtype"].numpy() == b"float16"
     # float16 keeps 11 significant bits: relative error ≤ 2^-11 of values below ~8.
