@@ -86,7 +86,6 @@ def main() -> None:
     prism = _prism_or_exit()
     port = free_port()
     pool = start_worker_pool(port)
-    time.sleep(2)
     runners = {
         "default": [],
         "prism_loopback": prism_args(prism),

@@ -15,8 +15,6 @@ import json
 import os
 import pathlib
 import re
-import subprocess
-import sys
 import time
 
 import pytest
@@ -88,17 +86,6 @@ def start_flink(work: pathlib.Path) -> FlinkForTests:
             pytest.fail(f"Flink is required (MUSICREP_REQUIRE_FLINK=1) but: {error}")
         pytest.skip(f"no Flink on this machine: {error}")
     return FlinkForTests(cluster=cluster, jar=jar, work=work)
-
-
-def start_worker_pool(port: int) -> subprocess.Popen:
-    """musicrep's worker pool (safe to share between TaskManagers) for EXTERNAL."""
-    pool = subprocess.Popen(
-        [sys.executable, "-m", "musicrep.pipelines.harness", "--port", str(port)],
-        stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    line = pool.stdout.readline()  # printed once it serves
-    assert line.startswith("worker pool on"), line
-    return pool
 
 
 def process_config(boot: str, **env: str) -> str:

@@ -101,16 +101,17 @@ def write_process_boot(folder) -> str:
 
 
 def start_worker_pool(port: int) -> subprocess.Popen:
-    """Beam's worker pool for --environment_type=EXTERNAL --environment_config=localhost:PORT."""
+    """musicrep's worker pool (python -m musicrep.pipelines.harness) for --environment_type=EXTERNAL
+    --environment_config=localhost:PORT; returns once it serves (it prints a line then)."""
     import sys
 
-    # The pool starts each worker as `python ...`: this interpreter must come first on PATH.
-    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    return subprocess.Popen(
-        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
-        env={**os.environ, "PATH": path},
-        start_new_session=True,
+    pool = subprocess.Popen(
+        [sys.executable, "-m", "musicrep.pipelines.harness", "--port", str(port)],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
     )
+    line = pool.stdout.readline()
+    assert line.startswith("worker pool on"), line
+    return pool
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from deltalake import DeltaTable
 
-from flink_support import PARALLELISM, process_config, start_flink, start_worker_pool, wait_for
+from flink_support import PARALLELISM, process_config, start_flink, wait_for
 from job_outputs import assert_only_committed, dead_letter_stages, embeddings, log_mels
 from musicrep import flink_cluster
 from musicrep.manifest import read_manifest
@@ -29,7 +29,7 @@ from musicrep.pipelines import features as features_job
 from musicrep.pipelines import reembed
 from musicrep.pipelines.commit import PAUSE_ENV, PAUSE_ONCE_ENV
 from musicrep.testing import write_synth_catalog
-from prism_support import free_port, write_process_boot
+from prism_support import free_port, start_worker_pool, write_process_boot
 
 pytestmark = pytest.mark.flink
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -54,7 +53,6 @@ def test_prism_external_worker_pool(catalog, tiny_model_uri, prism_binary, refer
     port = free_port()
     pool = start_worker_pool(port)
     try:
-        time.sleep(2)  # the pool binds its port
         args = prism_args(prism_binary, environment="EXTERNAL", config=f"localhost:{port}")
         assert_same_outputs(run_both_jobs(catalog, tmp_path, tiny_model_uri, args), reference)
     finally:
