@@ -196,3 +196,24 @@ def test_each_model_writes_one_report_per_model_id(tmp_path, rng, capsys):
         assert report["embedding"]["model_id"] == model
         assert report["inputs"]["embeddings"]["selected_model_id"] == model
         assert report["tracks"]["test"] == 24 and report["metrics"]["accuracy"]["mean"] > 0.9
+    # The suite: a model entry with each_model becomes one column per model id; another
+    # entry picks one model id of the same store.
+    config = tmp_path / "suite.yaml"
+    config.write_text(f"""
+output: {tmp_path / 'suite'}
+defaults: {{seeds: 1, grid: "lr=3e-3,steps=40,l2=0", warmup_steps: 5, bootstrap: 20}}
+models:
+  store: {{embeddings: "{store}", each_model: true}}
+  only-beta: {{embeddings: "{store}", model_id: beta}}
+probes: [{{dataset: Classes, task: multiclass, labels: "{labels}"}}]
+""")
+    capsys.readouterr()
+    assert musicrep_cli.main(["probe-suite", "--config", str(config)]) == 0
+    compared = json.loads((tmp_path / "suite" / "suite.json").read_text())
+    assert sorted(compared) == ["only-beta", "store/alpha", "store/beta"]
+    for name, model in (("store_alpha", "alpha"), ("store_beta", "beta"), ("only-beta", "beta")):
+        report = json.loads((tmp_path / "suite" / name / "Classes" / "report.json").read_text())
+        assert report["embedding"]["model_id"] == model
+    assert compared["store/beta"]["Classes/accuracy"]["mean"] == compared["only-beta"]["Classes/accuracy"]["mean"]
+    page = (tmp_path / "suite" / "suite.html").read_text()
+    assert "<th>store/alpha</th><th>store/beta</th><th>only-beta</th>" in page
