@@ -99,6 +99,9 @@ def model_outputs(args: argparse.Namespace) -> list[tuple[str | None, str]]:
         return [(args.model_id, args.output)]
     if args.model_id is not None:
         raise ConfigError("--each-model and --model-id exclude each other")
+    if args.predictions:
+        raise ConfigError("--each-model writes predictions into each model's folder: give "
+                          "--predictions without a path")
     ids = list_model_ids(args.embeddings, version=args.version, as_of=args.as_of,
                          options=storage_options(args.storage_option))
     return [(model_id, fileio.join(args.output, model_slug(model_id))) for model_id in ids]

@@ -101,8 +101,9 @@ def suite_html(rows: list[dict], models: list[str], *, title: str = "Probe suite
     as `musicrep.probes.suite.comparison_rows` makes them."""
     body = [f"<h1>{html.escape(title)}</h1>",
             '<p class="meta">Test scores: mean ± standard deviation over seeds, and the 95 % '
-            "bootstrap interval of the seed mean over test tracks. Each cell links to its "
-            "run's report.</p>",
+            "bootstrap interval of the seed mean over test tracks. Δ: the difference to the "
+            "first model on the same test tracks, with its paired bootstrap interval (the same "
+            "resampled tracks for both). Each cell links to its run's report.</p>",
             "<table><tr><th>task</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in models) + "</tr>"]
     for row in rows:
         cells = []
@@ -114,6 +115,10 @@ def suite_html(rows: list[dict], models: list[str], *, title: str = "Probe suite
             shown = f"{cell['mean']:.3f} ± {cell['std']:.3f}<br><small>{_interval(cell.get('ci95'))}</small>"
             if cell.get("report"):
                 shown = f'<a href="{html.escape(cell["report"])}">{shown}</a>'
+            versus = cell.get("versus")
+            if versus:
+                shown += (f"<br><small>Δ vs {html.escape(versus['model'])} {versus['difference']:+.3f} "
+                          f"{_interval(versus['ci95'])}</small>")
             cells.append(f"<td>{shown}</td>")
         body.append(f"<tr><td>{html.escape(row['dataset'])} {html.escape(metric_label(row['metric']))}</td>"
                     + "".join(cells) + "</tr>")

@@ -28,12 +28,14 @@ import logging
 import re
 import sys
 
+import numpy as np
 import yaml
 
 from musicrep.errors import ConfigError
 from musicrep.probes import cli, pages
 from musicrep.fileio import read_text, write_text
 from musicrep.probes.data import list_model_ids
+from musicrep.probes.protocol import paired_difference
 from musicrep.probes.report import metric_label
 from musicrep.store.table import storage_options
 
@@ -137,6 +139,22 @@ def _headline(report: dict) -> list[str]:
     return names
 
 
+def _versus(first: tuple, model: str, data, result, metric: str) -> dict:
+    """The cell's paired difference to the suite's first model on the same test tracks
+    (`protocol.paired_difference`); nothing for the first model itself or when the two
+    runs' test tracks differ."""
+    first_model, first_data, first_result = first
+    if model == first_model or not np.array_equal(data.track_ids["test"], first_data.track_ids["test"]):
+        return {}
+    settings = result.settings
+    difference, interval = paired_difference(
+        data.task, data.y["test"], result.test_predictions, first_result.test_predictions,
+        metric=metric, resamples=settings.bootstrap_resamples, target_names=data.target_names,
+        allow_descending_fifths=settings.allow_descending_fifths)
+    return {"versus": {"model": first_model, "difference": difference,
+                       "ci95": list(interval) if interval else None}}
+
+
 def comparison_rows(cells: dict[str, dict[tuple[str, str], dict]]) -> list[dict]:
     """model → {(dataset, metric): cell} turned into the rows of `pages.suite_html`."""
     keys = list(dict.fromkeys(key for by_task in cells.values() for key in by_task))
@@ -156,19 +174,21 @@ def run(argv: list[str] | None = None) -> int:
     suite = load_suite(read_text(args.config))
     output = suite.get("output", "probe-suite").rstrip("/")
     cells: dict[str, dict[tuple[str, str], dict]] = {}
+    first_runs: dict[str, tuple] = {}  # dataset -> the first model's (name, data, result)
     for model, entry in model_entries(suite).items():
         cells[model] = {}
         for probe in suite["probes"]:
             probe_args, unknown = probe_parser.parse_known_args(probe_argv(suite, model, probe, entry))
             if unknown:
                 raise ConfigError(f"probe {probe!r} has unknown options {unknown}")
-            _, result, report = cli.execute(probe_args)
+            data, result, report = cli.execute(probe_args)
             page = probe_args.output[len(output):].lstrip("/") + "/report.html"
+            first = first_runs.setdefault(report["dataset"], (model, data, result))
             for metric in _headline(report):
                 mean, std = result.summary(metric)
                 cells[model][(report["dataset"], metric)] = {
                     "mean": mean, "std": std, "ci95": report["metrics"][metric]["ci95"],
-                    "report": page}
+                    "report": page, **_versus(first, model, data, result, metric)}
     table = format_table({model: {key: (cell["mean"], cell["std"]) for key, cell in by_task.items()}
                           for model, by_task in cells.items()})
     write_text(f"{output}/suite.md", table + "\n")

@@ -151,6 +151,9 @@ probes: [{{preset: MTT, labels: "{multilabel[1]}"}}]
     assert lines[-1] == f"comparison page: {tmp_path / 'suite2'}/suite.html"
     cells = json.loads((tmp_path / "suite2" / "suite.json").read_text())["second"]["MTT/roc_auc"]
     assert cells["report"] == "second/MTT/report.html" and cells["ci95"] is None  # bootstrap 0
+    # The same embeddings twice: no difference to the first model on the same tracks.
+    assert cells["versus"] == {"model": "first", "difference": 0.0, "ci95": None}
+    assert "versus" not in json.loads((tmp_path / "suite2" / "suite.json").read_text())["first"]["MTT/roc_auc"]
     assert (tmp_path / "suite2" / "second" / "MTT" / "report.html").exists()
 
 

@@ -214,7 +214,9 @@ def test_suite_page_compares_models_per_task(tmp_path):
                             ("Key", "mirex_key_score"): {"mean": 0.6, "std": 0.02, "ci95": [0.5, 0.7],
                                                          "report": "pretrained/Key/report.html"}},
              "random": {("Instrument", "accuracy"): {"mean": 0.7, "std": 0.03, "ci95": [0.6, 0.8],
-                                                     "report": "random/Instrument/report.html"}}}
+                                                     "report": "random/Instrument/report.html",
+                                                     "versus": {"model": "pretrained", "difference": -0.2,
+                                                                "ci95": [-0.25, -0.15]}}}}
     rows = suite.comparison_rows(cells)
     assert [(r["dataset"], r["metric"], sorted(r["cells"])) for r in rows] == [
         ("Instrument", "accuracy", ["pretrained", "random"]), ("Key", "mirex_key_score", ["pretrained"])]
@@ -223,6 +225,7 @@ def test_suite_page_compares_models_per_task(tmp_path):
     assert table.count("<tr>") == 3 and "<th>pretrained</th><th>random</th>" in table
     assert "0.900 ± 0.010<br><small>[0.8500, 0.9500]</small>" in table
     assert '<a href="random/Instrument/report.html">' in table and "<td>—</td>" in table
+    assert "Δ vs pretrained -0.200 [-0.2500, -0.1500]" in table
     figure = figures.suite_intervals(rows, ["pretrained", "random"])
     means = [float(c.lines[0].get_xdata()[0]) for c in figure.axes[0].containers]
     assert means == [0.9, 0.7, 0.6]
