@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "pyyaml>=6",
     "deltalake>=1.6,<2",
     "openvino>=2026.4,<2027",
+    "matplotlib>=3.8",  # the probe reports' figures (report.html)
 ]
 
 EXTRAS_REQUIRE = {

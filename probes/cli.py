@@ -1,8 +1,9 @@
-"""`musicrep probe`: fit MLP probes on Parquet embeddings and write a report.
+"""`musicrep probe`: fit MLP probes on track embeddings and write a report.
 
-Example:
+Examples:
     musicrep probe --embeddings 'out/embeddings-*.parquet' --labels catalog/labels.csv \
         --task multiclass --label-column instrument --output out/probe-instrument
+    musicrep probe --embeddings gs://bucket/store --as-of 2026-11-30T00:00:00Z ...   # a store, time travel
 """
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import dataclasses
 import logging
 import sys
 
+from musicrep import fileio
 from musicrep.errors import ConfigError
-from musicrep.probes.data import DEFAULT_LABEL_COLUMNS, ProbeData, join_tracks, read_embeddings, read_labels
+from musicrep.probes.data import (DEFAULT_LABEL_COLUMNS, ProbeData, join_tracks, list_model_ids,
+                                  read_embeddings, read_labels)
 from musicrep.probes.presets import (DEFAULT_GRID, PRESETS, TASKS, ProbePreset, generic_preset,
                                      get_preset, parse_grid)
 from musicrep.probes.protocol import ProbeResult, ProbeSettings, run_probe
 from musicrep.probes.report import build_report, metric_label, write_predictions, write_report
+from musicrep.store.table import storage_options
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +28,20 @@ logger = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicrep probe", description=__doc__.splitlines()[0])
     parser.add_argument("--embeddings", required=True,
-                        help="Parquet glob written by `musicrep embed` (local or gs://)")
+                        help="a reembed store (Delta table), an embed output directory, a "
+                             "Parquet glob or file with track_id + embedding (local or gs://)")
+    parser.add_argument("--version", type=int, default=None,
+                        help="store only: probe this table version (default the latest)")
+    parser.add_argument("--as-of", default=None, metavar="TIME",
+                        help="store only: probe the version current at TIME (ISO 8601, UTC "
+                             "if no zone, e.g. 2026-11-30T02:00:00Z)")
+    parser.add_argument("--model-id", default=None,
+                        help="probe only the rows of this model id (input holding several)")
+    parser.add_argument("--each-model", action="store_true",
+                        help="probe every model id of the input, one report each in "
+                             "OUTPUT/<model id>/")
+    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="delta-rs object-store option for a store (repeatable)")
     parser.add_argument("--labels", required=True,
                         help="CSV or Parquet with track_id, split (train/valid/test) and targets")
     parser.add_argument("--task", choices=TASKS,
@@ -75,13 +92,37 @@ def settings_from_args(args: argparse.Namespace, preset: ProbePreset) -> ProbeSe
                          allow_descending_fifths=args.descending_fifths)
 
 
+def model_outputs(args: argparse.Namespace) -> list[tuple[str | None, str]]:
+    """(model id to select, output directory) per probe run: one run, or with
+    --each-model one per model id of the input, in OUTPUT/<model id>/."""
+    if not args.each_model:
+        return [(args.model_id, args.output)]
+    if args.model_id is not None:
+        raise ConfigError("--each-model and --model-id exclude each other")
+    if args.predictions:
+        raise ConfigError("--each-model writes predictions into each model's folder: give "
+                          "--predictions without a path")
+    ids = list_model_ids(args.embeddings, version=args.version, as_of=args.as_of,
+                         options=storage_options(args.storage_option))
+    return [(model_id, fileio.join(args.output, model_slug(model_id))) for model_id in ids]
+
+
+def model_slug(model_id: str) -> str:
+    """A folder name for a model id (ids are sha256 hex or names)."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in model_id)
+
+
 def execute(args: argparse.Namespace) -> tuple[ProbeData, ProbeResult, dict]:
-    """Read, probe, write; returns the data, the result and the report."""
+    """Read, probe, write one run (--model-id or the input's only model); returns the
+    data, the result and the report."""
     preset = resolve_preset(args)
     settings = settings_from_args(args, preset)
     columns = (tuple(c.strip() for c in args.label_column.split(",") if c.strip())
                if args.label_column else DEFAULT_LABEL_COLUMNS[preset.task])
-    data = join_tracks(read_embeddings(args.embeddings), read_labels(args.labels),
+    embeddings = read_embeddings(args.embeddings, version=args.version, as_of=args.as_of,
+                                 model_id=args.model_id,
+                                 options=storage_options(args.storage_option))
+    data = join_tracks(embeddings, read_labels(args.labels),
                        task=preset.task, label_columns=columns,
                        allow_missing=args.allow_missing)
     result = run_probe(data, settings)
@@ -98,13 +139,16 @@ def execute(args: argparse.Namespace) -> tuple[ProbeData, ProbeResult, dict]:
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    _, result, report = execute(args)
-    print(f"{report['dataset']} ({report['task']}, model {report['embedding']['model_id']}):")
-    for name, value in report["metrics"].items():
-        interval = value["ci95"]
-        shown = f"  95% [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
-        print(f"  {metric_label(name):>12}: {value['mean']:.4f} ± {value['std']:.4f}{shown}")
-    print(f"  selected {dataclasses.asdict(result.selected)}; report in {args.output}")
+    for model_id, output in model_outputs(args):
+        _, result, report = execute(argparse.Namespace(**{**vars(args), "model_id": model_id,
+                                                          "output": output}))
+        print(f"{report['dataset']} ({report['task']}, model {report['embedding']['model_id']}):")
+        for name, value in report["metrics"].items():
+            interval = value["ci95"]
+            shown = f"  95% [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
+            print(f"  {metric_label(name):>12}: {value['mean']:.4f} ± {value['std']:.4f}{shown}")
+        print(f"  selected {dataclasses.asdict(result.selected)}; report in {output} "
+              f"(open {fileio.join(output, 'report.html')})")
     return 0
 
 

@@ -91,13 +91,26 @@ def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     return _macro_over_labels(_auc, y_true, y_score, "roc_auc")
 
 
+def average_precision_per_label(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """(labels,) average precision of each label; NaN where a label is not evaluable."""
+    return _per_label(_average_precision, *_as_label_matrix(y_true, y_score))
+
+
+def roc_auc_per_label(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """(labels,) ROC-AUC of each label; NaN where a label is not evaluable."""
+    return _per_label(_auc, *_as_label_matrix(y_true, y_score))
+
+
+def _per_label(metric, y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    mask = evaluable_labels(y_true)
+    return np.array([metric(y_true[:, j], y_score[:, j]) if mask[j] else np.nan
+                     for j in range(y_true.shape[1])])
+
+
 def _macro_over_labels(metric, y_true: np.ndarray, y_score: np.ndarray, name: str) -> float:
     """`metric(y_true_j, y_score_j)` per evaluable label j, macro-averaged by `_macro`."""
     y_true, y_score = _as_label_matrix(y_true, y_score)
-    mask = evaluable_labels(y_true)
-    per_label = np.array([metric(y_true[:, j], y_score[:, j]) if mask[j] else np.nan
-                          for j in range(y_true.shape[1])])
-    return _macro(per_label, mask, name)
+    return _macro(_per_label(metric, y_true, y_score), evaluable_labels(y_true), name)
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -132,15 +145,18 @@ def _key_indices(keys: np.ndarray) -> np.ndarray:
     return indices
 
 
-def mirex_key_scores(reference: np.ndarray, estimate: np.ndarray, *,
-                     allow_descending_fifths: bool = False) -> np.ndarray:
-    """Per-track MIREX weight: 1.0 same key, 0.5 estimate a fifth above the reference (same
-    mode), 0.3 relative major/minor, 0.2 parallel major/minor, else 0.
+# How an estimated key relates to the reference (mir_eval's classes), in the order of
+# `key_relations`' codes, and the MIREX weight of each.
+KEY_RELATIONS = ("same", "fifth", "relative", "parallel", "other")
+KEY_RELATION_WEIGHTS = (KEY_WEIGHT_SAME, KEY_WEIGHT_FIFTH, KEY_WEIGHT_RELATIVE,
+                        KEY_WEIGHT_PARALLEL, 0.0)
 
-    Keys are key strings (`C major`, `Bb:maj`) or class indices (`musicrep.probes.keys`).
-    `allow_descending_fifths` also credits a fifth below with 0.5, as MIREX has done
-    since 2017; without it the rule is mir_eval's `key.weighted_score`.
-    """
+
+def key_relations(reference: np.ndarray, estimate: np.ndarray, *,
+                  allow_descending_fifths: bool = False) -> np.ndarray:
+    """Per track, the index in KEY_RELATIONS of how `estimate` relates to `reference`:
+    same key; a fifth above the reference (same mode); relative major/minor; parallel
+    major/minor; anything else. Arguments as `mirex_key_scores`."""
     reference, estimate = _key_indices(reference), _key_indices(estimate)
     if reference.shape != estimate.shape or reference.ndim != 1:
         raise MusicrepError(f"reference {reference.shape} and estimate {estimate.shape} "
@@ -153,10 +169,21 @@ def mirex_key_scores(reference: np.ndarray, estimate: np.ndarray, *,
     # The relative key shares the key signature: minor a minor third below the major tonic.
     relative = ~same_mode & np.where(ref_minor, interval == 3, interval == 9)
     parallel = ~same_mode & (interval == 0)
-    return np.select(
-        [same_mode & (interval == 0), fifth, relative, parallel],
-        [KEY_WEIGHT_SAME, KEY_WEIGHT_FIFTH, KEY_WEIGHT_RELATIVE, KEY_WEIGHT_PARALLEL],
-        default=0.0)
+    return np.select([same_mode & (interval == 0), fifth, relative, parallel], [0, 1, 2, 3],
+                     default=len(KEY_RELATIONS) - 1)
+
+
+def mirex_key_scores(reference: np.ndarray, estimate: np.ndarray, *,
+                     allow_descending_fifths: bool = False) -> np.ndarray:
+    """Per-track MIREX weight: 1.0 same key, 0.5 estimate a fifth above the reference (same
+    mode), 0.3 relative major/minor, 0.2 parallel major/minor, else 0.
+
+    Keys are key strings (`C major`, `Bb:maj`) or class indices (`musicrep.probes.keys`).
+    `allow_descending_fifths` also credits a fifth below with 0.5, as MIREX has done
+    since 2017; without it the rule is mir_eval's `key.weighted_score`.
+    """
+    codes = key_relations(reference, estimate, allow_descending_fifths=allow_descending_fifths)
+    return np.asarray(KEY_RELATION_WEIGHTS)[codes]
 
 
 def mirex_key_score(reference: np.ndarray, estimate: np.ndarray, *,

@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 # Steps per compiled call: long enough that Python is idle, short enough for progress logs.
 STEPS_PER_CALL = 500
+# Points of the learning curve: a short run is cut into this many calls so that its
+# curve has a shape (a long one keeps STEPS_PER_CALL and gets more points).
+CURVE_POINTS = 20
 PREDICT_BATCH = 8192
 PROGRESS_SECONDS = 30.0
 
@@ -104,11 +107,13 @@ class FitSummary:
     batch_size: int
     seconds: float
     final_loss: float
+    curve: tuple[tuple[int, float, float | None], ...] = ()
+    """(step, mean training loss since the previous point, validation loss or None)."""
 
 
 def fit_probe(model: keras.Model, x: tf.Tensor, y: tf.Tensor, *, task: str,
               hyper: HyperParameters, batch_size: int, warmup_steps: int,
-              seed: int) -> FitSummary:
+              seed: int, validation: tuple[tf.Tensor, tf.Tensor] | None = None) -> FitSummary:
     """Train `model` in place for exactly `hyper.steps` steps.
 
     Args:
@@ -116,6 +121,8 @@ def fit_probe(model: keras.Model, x: tf.Tensor, y: tf.Tensor, *, task: str,
         y: training targets as `musicrep.probes.data.ProbeData.y` (regression z-scored).
         batch_size: capped at n, so a small dataset trains full-batch.
         seed: drives the batch order; the caller seeds Keras (initialisation, dropout).
+        validation: (x, y) whose loss (without the L2 term) is recorded at every point
+            of the learning curve.
     """
     n_tracks = int(x.shape[0])
     batch_size = min(batch_size, n_tracks)
@@ -140,20 +147,25 @@ def fit_probe(model: keras.Model, x: tf.Tensor, y: tf.Tensor, *, task: str,
 
     stream = _BatchStream(n_tracks, batch_size, seed)
     started = last_log = time.perf_counter()
-    done, mean_loss = 0, math.nan
+    done, mean_loss, curve = 0, math.nan, []
+    per_call = min(STEPS_PER_CALL, max(1, math.ceil(hyper.steps / CURVE_POINTS)))
     while done < hyper.steps:
-        chunk = min(STEPS_PER_CALL, hyper.steps - done)
+        chunk = min(per_call, hyper.steps - done)
         mean_loss = float(train_steps(tf.constant(stream.take(chunk))))
         done += chunk
         if not math.isfinite(mean_loss):
             raise MusicrepError(f"non-finite training loss by step {done} ({hyper})")
+        valid_loss = None
+        if validation is not None:
+            valid_loss = float(loss_fn(validation[1], model(validation[0], training=False)))
+        curve.append((done, mean_loss, valid_loss))
         now = time.perf_counter()
         if now - last_log >= PROGRESS_SECONDS or done == hyper.steps:
             last_log, rate = now, done / (now - started)
             logger.info("step %d/%d loss %.4f lr %.2e %.0f examples/s ETA %.0f s", done,
                         hyper.steps, mean_loss, float(schedule(done)), rate * batch_size,
                         (hyper.steps - done) / rate)
-    return FitSummary(hyper.steps, batch_size, time.perf_counter() - started, mean_loss)
+    return FitSummary(hyper.steps, batch_size, time.perf_counter() - started, mean_loss, tuple(curve))
 
 
 def predict_probe(model: keras.Model, x: np.ndarray | tf.Tensor, *, task: str) -> np.ndarray:

@@ -20,7 +20,7 @@ import tensorflow as tf
 from musicrep.errors import MusicrepError
 from musicrep.probes import metrics
 from musicrep.probes.data import ProbeData
-from musicrep.probes.model import build_probe, fit_probe, predict_probe
+from musicrep.probes.model import FitSummary, build_probe, fit_probe, predict_probe
 from musicrep.probes.presets import Grid, HyperParameters, ProbePreset
 
 logger = logging.getLogger(__name__)
@@ -81,9 +81,13 @@ def score(task: str, y_true: np.ndarray, prediction: np.ndarray, *,
 
 @dataclasses.dataclass(frozen=True)
 class GridPoint:
+    """One grid point trained with the first seed: its valid metrics and learning curve
+    ((step, training loss, valid loss) as `model.FitSummary.curve`)."""
+
     hyper: HyperParameters
     valid: dict[str, float]
     fit_seconds: float
+    curve: tuple[tuple[int, float, float | None], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +99,7 @@ class ProbeResult:
         selected: the grid point chosen on `valid`.
         test: metric -> per-seed test values, in the order of `settings.seeds`.
         intervals: metric -> (low, high) bootstrap interval of the seed mean.
+        seed_intervals: metric -> per seed, (low, high) bootstrap interval of that seed.
         test_predictions: per seed, (n_test, outputs) predictions (regression in label units).
         labels_left_out: split -> labels with no positive or no negative (multilabel).
     """
@@ -104,6 +109,7 @@ class ProbeResult:
     selected: HyperParameters
     test: dict[str, list[float]]
     intervals: dict[str, tuple[float, float]]
+    seed_intervals: dict[str, list[tuple[float, float]]]
     test_predictions: tuple[np.ndarray, ...]
     labels_left_out: dict[str, int]
     seconds: float
@@ -128,12 +134,16 @@ class _Trainer:
             y_train = (y_train - self.y_mean) / self.y_scale
         self.x_train = tf.constant(data.x["train"])
         self.y_train = tf.constant(y_train)
+        y_valid = data.y["valid"]
+        if data.task == "regression":
+            y_valid = (y_valid - self.y_mean) / self.y_scale
+        self.validation = (tf.constant(data.x["valid"]), tf.constant(y_valid))
         if data.task in ("multiclass", "key"):
             self.n_outputs = len(data.target_names)
         else:
             self.n_outputs = int(data.y["train"].shape[1])
 
-    def fit(self, hyper: HyperParameters, seed: int) -> tuple[keras.Model, float]:
+    def fit(self, hyper: HyperParameters, seed: int) -> tuple[keras.Model, FitSummary]:
         keras.utils.set_random_seed(seed)
         preset = self.settings.preset
         model = build_probe(input_dim=self.data.embedding_dim, n_outputs=self.n_outputs,
@@ -141,8 +151,9 @@ class _Trainer:
                             l2=hyper.l2)
         summary = fit_probe(model, self.x_train, self.y_train, task=self.data.task,
                             hyper=hyper, batch_size=preset.batch_size,
-                            warmup_steps=self.settings.effective_warmup_steps, seed=seed)
-        return model, summary.seconds
+                            warmup_steps=self.settings.effective_warmup_steps, seed=seed,
+                            validation=self.validation)
+        return model, summary
 
     def predict(self, model: keras.Model, split: str) -> np.ndarray:
         prediction = predict_probe(model, self.data.x[split], task=self.data.task)
@@ -156,16 +167,24 @@ class _Trainer:
                      allow_descending_fifths=self.settings.allow_descending_fifths)
 
 
-def bootstrap_interval(task: str, y_true: np.ndarray, predictions: tuple[np.ndarray, ...], *,
-                       resamples: int, seed: int = 0, target_names: tuple[str, ...] = (),
-                       allow_descending_fifths: bool = False
-                       ) -> dict[str, tuple[float, float]]:
-    """Percentile interval (95 %) of the seed-averaged metrics over test-track resamples."""
+@dataclasses.dataclass(frozen=True)
+class BootstrapIntervals:
+    """95 % percentile intervals: of the seed-averaged metric, and of each seed's."""
+
+    mean: dict[str, tuple[float, float]]
+    per_seed: dict[str, list[tuple[float, float]]]
+
+
+def bootstrap_intervals(task: str, y_true: np.ndarray, predictions: tuple[np.ndarray, ...], *,
+                        resamples: int, seed: int = 0, target_names: tuple[str, ...] = (),
+                        allow_descending_fifths: bool = False) -> BootstrapIntervals:
+    """Percentile intervals (95 %) over test-track resamples, the same resamples for the
+    seed mean and for every seed."""
     if resamples <= 0:
-        return {}
+        return BootstrapIntervals({}, {})
     rng = np.random.default_rng(seed)
     n = y_true.shape[0]
-    draws: dict[str, list[float]] = {}
+    draws: dict[str, list[list[float]]] = {}  # metric -> per resample, the per-seed values
     for _ in range(resamples):
         rows = rng.integers(0, n, n)
         try:
@@ -175,10 +194,55 @@ def bootstrap_interval(task: str, y_true: np.ndarray, predictions: tuple[np.ndar
         except MusicrepError:
             continue  # a resample with no scorable label (tiny test sets) is skipped
         for name in per_seed[0]:
-            draws.setdefault(name, []).append(float(np.mean([s[name] for s in per_seed])))
+            draws.setdefault(name, []).append([s[name] for s in per_seed])
     tail = (1 - CONFIDENCE) / 2 * 100
-    return {name: (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
-            for name, values in draws.items()}
+
+    def interval(values) -> tuple[float, float]:
+        return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+    values = {name: np.asarray(rows) for name, rows in draws.items()}
+    return BootstrapIntervals(
+        mean={name: interval(v.mean(axis=1)) for name, v in values.items()},
+        per_seed={name: [interval(v[:, j]) for j in range(v.shape[1])] for name, v in values.items()})
+
+
+def bootstrap_interval(task: str, y_true: np.ndarray, predictions: tuple[np.ndarray, ...], *,
+                       resamples: int, seed: int = 0, target_names: tuple[str, ...] = (),
+                       allow_descending_fifths: bool = False
+                       ) -> dict[str, tuple[float, float]]:
+    """Percentile interval (95 %) of the seed-averaged metrics over test-track resamples."""
+    return bootstrap_intervals(task, y_true, predictions, resamples=resamples, seed=seed,
+                               target_names=target_names,
+                               allow_descending_fifths=allow_descending_fifths).mean
+
+
+def paired_difference(task: str, y_true: np.ndarray, predictions: tuple[np.ndarray, ...],
+                      reference: tuple[np.ndarray, ...], *, metric: str, resamples: int,
+                      seed: int = 0, target_names: tuple[str, ...] = (),
+                      allow_descending_fifths: bool = False) -> tuple[float, tuple[float, float] | None]:
+    """Seed-mean `metric` of `predictions` minus that of `reference` on the same test
+    tracks, and its 95 % percentile interval over test-track resamples drawn once for
+    both (a paired bootstrap: it sees a difference that two overlapping intervals hide)."""
+    def seed_mean(rows: np.ndarray, outputs: tuple[np.ndarray, ...]) -> float:
+        return float(np.mean([score(task, y_true[rows], p[rows], target_names=target_names,
+                                    allow_descending_fifths=allow_descending_fifths)[metric]
+                              for p in outputs]))
+
+    n = y_true.shape[0]
+    everything = np.arange(n)
+    difference = seed_mean(everything, predictions) - seed_mean(everything, reference)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        rows = rng.integers(0, n, n)
+        try:
+            draws.append(seed_mean(rows, predictions) - seed_mean(rows, reference))
+        except MusicrepError:
+            continue  # a resample with no scorable label (tiny test sets) is skipped
+    if not draws:
+        return difference, None
+    tail = (1 - CONFIDENCE) / 2 * 100
+    return difference, (float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail)))
 
 
 def _labels_left_out(data: ProbeData) -> dict[str, int]:
@@ -199,11 +263,11 @@ def run_probe(data: ProbeData, settings: ProbeSettings) -> ProbeResult:
     first_seed = settings.seeds[0]
     points = settings.grid.points()
     for index, hyper in enumerate(points, start=1):
-        model, seconds = trainer.fit(hyper, first_seed)
+        model, summary = trainer.fit(hyper, first_seed)
         valid = trainer.score("valid", trainer.predict(model, "valid"))
-        grid.append(GridPoint(hyper, valid, seconds))
+        grid.append(GridPoint(hyper, valid, summary.seconds, summary.curve))
         logger.info("grid %d/%d %s: valid %s=%.4f (%.1f s)", index, len(points), hyper,
-                    choose_by, valid[choose_by], seconds)
+                    choose_by, valid[choose_by], summary.seconds)
         if best is None or valid[choose_by] > best.valid[choose_by]:
             best, best_test = grid[-1], trainer.predict(model, "test")
     predictions = [best_test]
@@ -212,10 +276,11 @@ def run_probe(data: ProbeData, settings: ProbeSettings) -> ProbeResult:
         predictions.append(trainer.predict(model, "test"))
     per_seed = [trainer.score("test", prediction) for prediction in predictions]
     test = {name: [values[name] for values in per_seed] for name in per_seed[0]}
-    intervals = bootstrap_interval(
+    intervals = bootstrap_intervals(
         data.task, data.y["test"], tuple(predictions), resamples=settings.bootstrap_resamples,
         target_names=data.target_names, allow_descending_fifths=settings.allow_descending_fifths)
     return ProbeResult(settings=settings, grid=tuple(grid), selected=best.hyper, test=test,
-                       intervals=intervals, test_predictions=tuple(predictions),
+                       intervals=intervals.mean, seed_intervals=intervals.per_seed,
+                       test_predictions=tuple(predictions),
                        labels_left_out=_labels_left_out(data),
                        seconds=time.perf_counter() - started)

@@ -8,6 +8,8 @@ if [ "${MUSICREP_WITH_TEST_TOOLS:-0}" = 1 ]; then
   command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
   command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
+  # Headless Chromium renders the probe reports in tests/probes/test_report_pages.py.
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

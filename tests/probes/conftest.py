@@ -115,3 +115,17 @@ def planted_arrays(rng):
 def embedding_writer():
     """`write_embedding_files` and `write_labels_csv`, for tests that shape their own data."""
     return write_embedding_files, write_labels_csv
+
+
+@pytest.fixture(scope="module")
+def planted_files_once(tmp_path_factory):
+    """`planted_files` for module-scoped fixtures (a probe run shared by several tests)."""
+    rng = np.random.default_rng(7)
+
+    def make(task: str) -> tuple[str, str]:
+        directory = tmp_path_factory.mktemp(task)
+        track_ids, vectors, columns = plant(task, rng)
+        return (write_embedding_files(directory / "emb", track_ids, vectors),
+                write_labels_csv(directory / "labels.csv", track_ids, columns))
+
+    return make

@@ -147,7 +147,14 @@ probes: [{{preset: MTT, labels: "{multilabel[1]}"}}]
     assert suite.run(["--config", str(config)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "| model | MTT mAP | MTT ROC-AUC |"
-    assert [line.split("|")[1].strip() for line in lines[2:]] == ["first", "second"]
+    assert [line.split("|")[1].strip() for line in lines[2:-1]] == ["first", "second"]
+    assert lines[-1] == f"comparison page: {tmp_path / 'suite2'}/suite.html"
+    cells = json.loads((tmp_path / "suite2" / "suite.json").read_text())["second"]["MTT/roc_auc"]
+    assert cells["report"] == "second/MTT/report.html" and cells["ci95"] is None  # bootstrap 0
+    # The same embeddings twice: no difference to the first model on the same tracks.
+    assert cells["versus"] == {"model": "first", "difference": 0.0, "ci95": None}
+    assert "versus" not in json.loads((tmp_path / "suite2" / "suite.json").read_text())["first"]["MTT/roc_auc"]
+    assert (tmp_path / "suite2" / "second" / "MTT" / "report.html").exists()
 
 
 def test_suite_config_errors(tmp_path, capsys):

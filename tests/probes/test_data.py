@@ -30,7 +30,7 @@ def test_embeddings_refuse_mixed_models_and_missing_files(tmp_path, rng, embeddi
     (tmp_path / "a" / "embeddings-00000-of-00001.parquet").rename(tmp_path / "x-0.parquet")
     write_embeddings(tmp_path / "a", ["c", "d"], vectors[2:], shards=1, model_id="m2")
     (tmp_path / "a" / "embeddings-00000-of-00001.parquet").rename(tmp_path / "x-1.parquet")
-    with pytest.raises(ConfigError, match="mixes 2 values of 'model_id'"):
+    with pytest.raises(ConfigError, match=r"holds embeddings of 2 models \('m1', 'm2'\)"):
         read_embeddings(str(tmp_path / "x-*.parquet"))
     with pytest.raises(ConfigError, match="no file matches"):
         read_embeddings(str(tmp_path / "nothing-*.parquet"))

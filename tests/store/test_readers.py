@@ -1,11 +1,11 @@
-"""The README's store reader snippets (deltalake/pandas, Polars, DuckDB) run against a real store."""
+"""The README's store reader snippets (deltalake/pandas, Polars, DuckDB, nearest neighbours)
+run against a real store."""
 from __future__ import annotations
 
 import pathlib
 import re
 
 import numpy as np
-import pytest
 
 from store_support import write_objects
 from musicrep.store.synthetic import synthetic_embedding, write_synthetic_export
@@ -29,7 +29,7 @@ def test_readme_reader_snippets_read_the_store(tmp_path, run_store):
     run_store(catalog, store, model=model)
 
     snippets = reader_snippets()
-    assert len(snippets) == 3
+    assert len(snippets) == 4
     namespace: dict = {}
     for snippet in snippets:
         exec(compile(snippet.replace("gs://BUCKET/store", store), str(README), "exec"), namespace)  # noqa: S102
@@ -43,10 +43,13 @@ def test_readme_reader_snippets_read_the_store(tmp_path, run_store):
     assert namespace["per_model"].rows() == [("synthetic-1728", 13)]
     assert namespace["counts"] == [("synthetic-1728", 13)]
 
-    neighbours = namespace["neighbours"]
-    query = X[list(frame["track_id"]).index(namespace["query_track"])]
-    cosine = X @ query / (np.linalg.norm(X, axis=1) * np.linalg.norm(query))
-    expected = [frame["track_id"].iloc[i] for i in np.argsort(-cosine)[:5]]
-    assert [track_id for track_id, _ in neighbours] == expected
-    np.testing.assert_allclose([s for _, s in neighbours], np.sort(cosine)[::-1][:5], rtol=0, atol=1e-5)
-    assert neighbours[0] == (namespace["query_track"], pytest.approx(1.0, abs=1e-6))
+    # Tracks most like this one, against numpy: cosine over every other track, top 10.
+    most_like, this_track = namespace["most_like"], namespace["this_track"]
+    ids = list(frame["track_id"])
+    query = X[ids.index(this_track)].astype(np.float64)
+    others = [i for i, track_id in enumerate(ids) if track_id != this_track]
+    cosine = X[others] @ query / (np.linalg.norm(X[others], axis=1) * np.linalg.norm(query))
+    best = np.argsort(-cosine, kind="stable")[:10]
+    assert len(most_like) == 10 and this_track not in [track_id for track_id, _ in most_like]
+    assert [track_id for track_id, _ in most_like] == [ids[others[i]] for i in best]
+    np.testing.assert_allclose([s for _, s in most_like], cosine[best], rtol=0, atol=1e-5)
