@@ -190,11 +190,12 @@ def loopback(options: PipelineOptions) -> Iterator[WorkerPool | None]:
     # The cache size Beam's own LOOPBACK pool gives its harnesses.
     pool = WorkerPool(thread_workers(state_cache_size=sdk_worker_main._get_state_cache_size_bytes(options=options)))
     server, port = serve(pool)
+    given = portable.environment_type, portable.environment_config
     portable.environment_type, portable.environment_config = "EXTERNAL", f"127.0.0.1:{port}"
     try:
         yield pool
     finally:
-        portable.environment_type, portable.environment_config = "LOOPBACK", None
+        portable.environment_type, portable.environment_config = given
         server.stop(1)
         pool.stop_all()
         logger.debug("loopback pool: %s", dict(pool.requests))
