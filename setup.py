@@ -5,7 +5,7 @@ core/ holds the root package (CLI, errors, file layer; musicrep.testing: the syn
 """
 import setuptools
 
-SUBPACKAGES = ("features", "model", "pipelines", "probes", "store")
+SUBPACKAGES = ("contracts", "features", "model", "pipelines", "probes", "store")
 
 # Versions verified to install and run together on Python 3.11 (see README, "Versions").
 INSTALL_REQUIRES = [
@@ -20,7 +20,7 @@ INSTALL_REQUIRES = [
     "soxr>=0.5",
     "librosa>=0.11",
     "google-cloud-storage>=2.18",
-    "google-crc32c>=1.5",  # TFRecord checksums of the shard reader (musicrep.features.shards)
+    "google-crc32c>=1.5",  # TFRecord checksums of the shard reader (musicrep.contracts.shards)
     "pyyaml>=6",
     "deltalake>=1.6,<2",
     "openvino>=2026.4,<2027",

@@ -27,11 +27,12 @@ import numpy as np
 import tensorflow as tf
 
 import musicrep.model
-from musicrep.features.shards import parse_record
+from musicrep.contracts.shards import parse_record
 from musicrep.features.windows import cut_windows, window_starts
 from musicrep.pipelines import embed as embed_job
 from musicrep.pipelines import features as features_job
-from musicrep.pipelines.inference import EmbeddingModelHandler, InferenceSpec
+from musicrep.pipelines.inference import EmbeddingModelHandler
+from musicrep.pipelines.settings import InferenceSpec
 from musicrep.testing import write_synth_catalog
 
 

@@ -44,8 +44,8 @@ import numpy as np
 def write_catalog(directory: str, *, tracks: int, seconds: float, shards: int, seed: int = 0) -> str:
     import tensorflow as tf
 
-    from musicrep.features.config import DEFAULT_FEATURE_CONFIG as front_end
-    from musicrep.features.shards import FeatureRecord, serialize_record
+    from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG as front_end
+    from musicrep.contracts.shards import FeatureRecord, serialize_record
 
     rng = np.random.default_rng(seed)
     frames = int(seconds * front_end.frames_per_second)
@@ -128,7 +128,7 @@ def musicrep(*args: str) -> None:
 
 
 def embed_tracks(model, pattern: str, *, window: int = 300, hop: int = 200) -> dict[str, np.ndarray]:
-    from musicrep.features import read_shards
+    from musicrep.contracts.shards import read_shards
 
     out = {}
     for record in read_shards(pattern):

@@ -4,7 +4,7 @@
     python benchmarks/store.py --objects 10000 --fake-gcs ~/go/bin/fake-gcs-server   # gs:// in an emulator
 
 A synthetic catalog of small objects; the table is seeded by a first reembed run through
-the same writer (the model-free compute step musicrep.store.synthetic: it reads and hashes
+the same writer (the model-free compute step musicrep.pipelines.synthetic: it reads and hashes
 each object as the real job does, then derives a 1728-d embedding from the hash). Then:
 
   (a) nothing changed      (b) 1 % of objects modified
@@ -32,7 +32,8 @@ import numpy as np
 from musicrep import fileio
 from musicrep.pipelines import reembed
 from musicrep.store import changes, table
-from musicrep.store.synthetic import SyntheticEmbedding, write_synthetic_export
+from musicrep.pipelines.outputs import read_side_total
+from musicrep.pipelines.synthetic import SyntheticEmbedding, write_synthetic_export
 
 RUNNER = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
 
@@ -101,7 +102,7 @@ def measure(
     delta = table.open_table(store, options)
     committed = delta.version() != version_before
     run = table.runs(delta, 1)[0]["run"] if committed else {}
-    bytes_read = int(open(bytes_path).read().strip()) if os.path.exists(bytes_path) else 0
+    bytes_read = read_side_total(bytes_path)
     return {
         "run": name,
         "wall_s": round(wall_s, 2),

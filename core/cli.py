@@ -3,7 +3,9 @@
 Each subcommand lives in the module that implements it and exposes `run(argv)`, in the
 style of Beam's examples (argparse + parse_known_args, the rest to PipelineOptions).
 Modules are imported only when their subcommand runs, so `musicrep --help` stays fast
-and does not import TensorFlow.
+and does not import TensorFlow. The Beam jobs' settings are parsed and validated
+(musicrep.pipelines.settings) before their module, Beam or TensorFlow is imported, so a
+usage error answers at once; `run` returns a result whose text the command prints.
 """
 from __future__ import annotations
 
@@ -14,6 +16,12 @@ import sys
 from musicrep import native_logging
 from musicrep.errors import MusicrepError
 
+# Beam jobs: the settings class that parses and validates their command line first.
+SETTINGS = {
+    "features": "FeaturesSettings",
+    "embed": "EmbedSettings",
+    "reembed": "ReembedSettings",
+}
 # subcommand -> (module with run(argv), one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth-catalog": ("musicrep.testing", "write a small labelled synthetic audio catalog"),
@@ -68,12 +76,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _configure_logging(verbose=verbose)
     try:
+        if name in SETTINGS:
+            from musicrep.pipelines import settings
+
+            rest = getattr(settings, SETTINGS[name]).from_argv(rest)
         module = importlib.import_module(COMMANDS[name][0])
         result = module.run(rest)
     except MusicrepError as error:
         print(f"musicrep {name}: {error}", file=sys.stderr)
         return 2
-    return result if isinstance(result, int) else 0
+    if isinstance(result, int):
+        return result
+    if result is not None and str(result):
+        print(result)
+    return 0
 
 
 def _configure_logging(*, verbose: bool) -> None:

@@ -14,11 +14,23 @@ import re
 import uuid
 from typing import BinaryIO, Iterable
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-
-_RAW = CompressionTypes.UNCOMPRESSED
 _HASH_CHUNK_BYTES = 8 << 20
+# Beam's own test for a scheme (FileSystems.URI_SCHEMA_PATTERN): no scheme, a local path.
+_SCHEME = re.compile(r"(?P<scheme>[a-zA-Z][-a-zA-Z0-9+.]*)://.*")
+
+
+def _filesystems():
+    """Beam's FileSystems, imported on first use: importing Beam costs ~2 CPU-seconds,
+    which a launcher that only reads a local sidecar to refuse a bad option never pays."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
+
+
+def _raw():
+    from apache_beam.io.filesystem import CompressionTypes
+
+    return CompressionTypes.UNCOMPRESSED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,34 +57,36 @@ def glob_start(pattern: str) -> int:
 
 
 def is_local(uri: str) -> bool:
-    return FileSystems.get_scheme(uri) is None
+    return _SCHEME.match(uri.strip()) is None
 
 
 def join(base: str, *parts: str) -> str:
-    return FileSystems.join(base, *parts)
+    return os.path.join(base, *parts) if is_local(base) else _filesystems().join(base, *parts)
 
 
 def basename(uri: str) -> str:
-    return FileSystems.split(uri)[1]
+    return _filesystems().split(uri)[1]
 
 
 def dirname(uri: str) -> str:
-    return FileSystems.split(uri)[0]
+    return _filesystems().split(uri)[0]
 
 
 def exists(uri: str) -> bool:
-    return FileSystems.exists(uri)
+    return os.path.exists(uri) if is_local(uri) else _filesystems().exists(uri)
 
 
 def open_read(uri: str) -> BinaryIO:
-    return FileSystems.open(uri, compression_type=_RAW)
+    if is_local(uri):
+        return open(uri, "rb")  # what Beam's local filesystem does, without importing Beam
+    return _filesystems().open(uri, compression_type=_raw())
 
 
 def open_write(uri: str) -> BinaryIO:
     """A new object (or file) at `uri`; local parent directories are created."""
     if is_local(uri):
         os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
-    return FileSystems.create(uri, compression_type=_RAW)
+    return _filesystems().create(uri, compression_type=_raw())
 
 
 def sha256_of(handle: BinaryIO) -> str:
@@ -115,7 +129,7 @@ def write_text(uri: str, text: str) -> None:
 
 def list_files(pattern: str) -> list[FileInfo]:
     """Files matching a glob (`*`, `**`, `?`), sorted by path."""
-    metadata = FileSystems.match([pattern])[0].metadata_list
+    metadata = _filesystems().match([pattern])[0].metadata_list
     return sorted(
         (FileInfo(m.path, int(m.size_in_bytes), float(m.last_updated_in_seconds or 0.0)) for m in metadata),
         key=lambda info: info.path,
@@ -128,9 +142,9 @@ def glob(pattern: str) -> list[str]:
 
 def delete(uris: Iterable[str]) -> None:
     """Deletes files; ones already gone are not an error (a re-run may repeat a clean-up)."""
-    present = [uri for uri in uris if FileSystems.exists(uri)]
+    present = [uri for uri in uris if exists(uri)]
     if present:
-        FileSystems.delete(present)
+        _filesystems().delete(present)
 
 
 def rename(sources: list[str], destinations: list[str]) -> None:
@@ -141,7 +155,7 @@ def rename(sources: list[str], destinations: list[str]) -> None:
     for destination in destinations:
         if is_local(destination):
             os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
-    FileSystems.rename(sources, destinations)
+    _filesystems().rename(sources, destinations)
 
 
 def mkdirs(uri: str) -> None:

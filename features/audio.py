@@ -37,7 +37,7 @@ import numpy as np
 import soxr
 
 from musicrep.errors import AudioDecodeError
-from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
+from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
 
 logger = logging.getLogger(__name__)
 

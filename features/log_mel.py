@@ -15,7 +15,7 @@ import numpy as np
 import scipy.fft
 
 from musicrep.errors import ConfigError
-from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
+from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
 
 # Frames are processed in blocks so a 60-minute track never holds a [frames, n_fft]
 # array: 1024 frames x 2048 float32 is 8 MiB of scratch. Much smaller blocks lose to

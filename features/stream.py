@@ -13,7 +13,7 @@ import numpy as np
 
 from musicrep.errors import ConfigError, TrackTimeoutError
 from musicrep.features.audio import decode_chunks
-from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
+from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
 from musicrep.features.log_mel import LogMelStream
 
 # Frames per shard record of a long track: 65,536 frames (10.9 min) are 12.6 MB of
@@ -21,19 +21,12 @@ from musicrep.features.log_mel import LogMelStream
 SEGMENT_FRAMES = 1 << 16
 
 
-def check_time_budget(budget_s: float | None) -> float | None:
-    """The per-track time budget, refused (ConfigError) unless None or > 0."""
-    if budget_s is not None and not budget_s > 0:
-        raise ConfigError(f"the per-track time budget must be > 0 s (or unset), got {budget_s}")
-    return budget_s
-
-
 class Stopwatch:
     """Time spent on one track against its budget (seconds, None: none); `check()`
     raises TrackTimeoutError past it (checked between decoded chunks, ~6 s of audio)."""
 
     def __init__(self, budget_s: float | None = None, clock: Callable[[], float] = time.monotonic):
-        self._budget_s, self._clock = check_time_budget(budget_s), clock
+        self._budget_s, self._clock = budget_s, clock
         self._started = clock()
 
     @property

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 
 from musicrep.errors import ConfigError, TooShortError
-from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
+from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
 
 AGGREGATES = ("mean", "max")
 
@@ -37,10 +38,12 @@ class WindowSpec:
     max_duration_s: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_duration_s is not None and not self.max_duration_s > 0:
-            raise ConfigError(f"max duration must be > 0 s (or unset for all), got {self.max_duration_s}")
-        if not (self.window_s > 0 and self.hop_s > 0):
-            raise ConfigError(f"window and hop must be > 0 s, got window {self.window_s} s, hop {self.hop_s} s")
+        if self.max_duration_s is not None and not 0 < self.max_duration_s < math.inf:
+            raise ConfigError(f"max duration must be a finite number > 0 s (or unset for all), got {self.max_duration_s}")
+        if not (0 < self.window_s < math.inf and 0 < self.hop_s < math.inf):
+            raise ConfigError(
+                f"window and hop must be finite numbers > 0 s, got window {self.window_s} s, hop {self.hop_s} s"
+            )
         if self.max_windows is not None and self.max_windows < 1:
             raise ConfigError(f"max windows must be >= 1 (or unset for all), got {self.max_windows}")
         if self.aggregate not in AGGREGATES:

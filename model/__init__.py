@@ -1,47 +1,38 @@
 """SF-NFNet-F0 (SPEC §2): the network, its projector, exports, pre-training (SPEC §3) and
 the MULE weight import.
 
-Importing this package registers the custom layers, so `keras.saving.load_model` can
-read our `.keras` files.
+Importing the package is cheap: launchers that only read an export's sidecar
+(musicrep.contracts.sidecar) or pick an engine never load Keras. The names below are
+imported from their modules on first use; `musicrep.model.layers` registers the custom
+layers `keras.saving.load_model` needs (musicrep.model.export imports it).
 """
 from __future__ import annotations
 
-import keras
+import importlib
 
-from musicrep.model.export import load, read_metadata, save
-from musicrep.model.projector import projector
-from musicrep.model.sf_nfnet import (
-    MIN_FRAMES,
-    SF_NFNET_VARIANTS,
-    SFNFNetConfig,
-    build_sf_nfnet,
-    stage_activation_stats,
-)
-from musicrep.model.training import NonFiniteLossError, train
-from musicrep.model.training_config import TrainConfig, TrainResult
-
-
-def sf_nfnet_f0(config: str | SFNFNetConfig = "F0", *, frames: int | None = None) -> keras.Model:
-    """SF-NFNet (default F0): [batch, 96, frames(, 1)] log-mel → [batch, 1728] embedding z.
-
-    The model standardises each slice itself (SPEC §1), so feed raw log10(1 + 10⁴·M) values.
-    """
-    return build_sf_nfnet(config, frames=frames)
+_HOMES = {
+    "load": "export",
+    "save": "export",
+    "read_metadata": "export",
+    "projector": "projector",
+    "MIN_FRAMES": "sf_nfnet",
+    "SF_NFNET_VARIANTS": "sf_nfnet",
+    "SFNFNetConfig": "sf_nfnet",
+    "build_sf_nfnet": "sf_nfnet",
+    "stage_activation_stats": "sf_nfnet",
+    "NonFiniteLossError": "training",
+    "train": "training",
+    "TrainConfig": "training_config",
+    "TrainResult": "training_config",
+}
 
 
-__all__ = [
-    "MIN_FRAMES",
-    "NonFiniteLossError",
-    "SF_NFNET_VARIANTS",
-    "SFNFNetConfig",
-    "TrainConfig",
-    "TrainResult",
-    "build_sf_nfnet",
-    "load",
-    "projector",
-    "read_metadata",
-    "save",
-    "sf_nfnet_f0",
-    "stage_activation_stats",
-    "train",
-]
+def __getattr__(name: str):
+    if name == "sf_nfnet_f0":  # SF-NFNet-F0 by default: the network of the paper
+        return getattr(importlib.import_module("musicrep.model.sf_nfnet"), "build_sf_nfnet")
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"musicrep.model.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'musicrep.model' has no attribute {name!r}")
+
+
+__all__ = sorted([*_HOMES, "sf_nfnet_f0"])

@@ -55,8 +55,8 @@ import numpy as np
 import tensorflow as tf
 
 from musicrep.errors import ConfigError
-from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
-from musicrep.features.shards import (
+from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
+from musicrep.contracts.shards import (
     FEATURE_SPEC,
     SHARD_KIND,
     check_schema_version,

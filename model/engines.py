@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from musicrep.contracts.sidecar import ExportMetadata, read_metadata
 from musicrep.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,7 @@ def check_names(*, engine: str, precision: str) -> None:
 
 
 def check_precision(precision: str, *, engine: str, gpu: bool = False) -> None:
-    """Raises ConfigError for an unknown engine or precision, or bf16 without bf16 hardware."""
-    check_names(engine=engine, precision=precision)
+    """Raises ConfigError for bf16 without bf16 hardware (names are InferenceSpec's check)."""
     if precision == "bf16" and not cpu_has_bf16() and not (gpu and engine == "tf"):
         raise ConfigError(
             f"precision bf16 needs a CPU with {' or '.join(sorted(BF16_CPU_FLAGS))} "
@@ -84,36 +84,45 @@ def check_precision(precision: str, *, engine: str, gpu: bool = False) -> None:
 def load_embedder(
     uri: str,
     *,
+    metadata: ExportMetadata | None = None,
     engine: str = "tf",
     precision: str = "fp32",
     cpu_threads: int | None = None,
     jit_compile: bool = False,
+    check_hardware: bool = True,
 ) -> Embedder:
     """The export at `uri` as a function windows [b, n_mels, frames] float32 → [b, d] float32.
 
     Loaded once per process for each (uri, engine, precision, threads): RunInference
-    may ask again for every DoFn instance of a worker.
+    may ask again for every DoFn instance of a worker. `metadata`: the export's sidecar
+    as the launcher read it (read from `uri` when not given). `check_hardware`: refuse
+    bf16 without bf16 units here (False where the launcher checked this machine already).
     """
     key = (uri, engine, precision, cpu_threads, jit_compile)
     with _lock:
         if key not in _loaded:
+            metadata = metadata or read_metadata(uri)
             if engine == "tf":
-                _loaded[key] = _tensorflow_embedder(uri, precision, cpu_threads, jit_compile)
+                _loaded[key] = _tensorflow_embedder(uri, metadata, precision, cpu_threads, jit_compile, check_hardware)
             else:
-                check_precision(precision, engine=engine)
-                _loaded[key] = _openvino_embedder(uri, precision, cpu_threads)
+                if check_hardware:
+                    check_precision(precision, engine=engine)
+                _loaded[key] = _openvino_embedder(uri, metadata, precision, cpu_threads)
         return _loaded[key]
 
 
-def _tensorflow_embedder(uri: str, precision: str, cpu_threads: int | None, jit_compile: bool) -> Embedder:
+def _tensorflow_embedder(
+    uri: str, metadata: ExportMetadata, precision: str, cpu_threads: int | None, jit_compile: bool, check_hardware: bool
+) -> Embedder:
     import keras
     import tensorflow as tf
 
-    from musicrep.model.export import load, read_metadata
-    from musicrep.model.sf_nfnet import build_sf_nfnet
+    from musicrep.model.export import load
+    from musicrep.model.sf_nfnet import SFNFNetConfig, build_sf_nfnet
 
     gpus = tf.config.list_physical_devices("GPU")
-    check_precision(precision, engine="tf", gpu=bool(gpus))
+    if check_hardware:
+        check_precision(precision, engine="tf", gpu=bool(gpus))
     # Grow GPU memory on demand: several handlers (or a decoder) may share a GPU.
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
@@ -123,13 +132,13 @@ def _tensorflow_embedder(uri: str, precision: str, cpu_threads: int | None, jit_
             tf.config.threading.set_inter_op_parallelism_threads(cpu_threads)
         except RuntimeError:  # the runtime already started in this process: keep its pools
             logger.warning("TensorFlow already initialised; cannot limit it to %d threads", cpu_threads)
-    model = load(uri)
+    model = load(uri, metadata=metadata)
     if precision == "bf16":
         # The dtype policy is global in Keras: set it only while the bf16 copy is built.
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy("mixed_bfloat16")
         try:
-            bf16_model = build_sf_nfnet(read_metadata(uri).sf_nfnet_config)
+            bf16_model = build_sf_nfnet(SFNFNetConfig.from_dict(metadata.config))
         finally:
             keras.config.set_dtype_policy(previous)
         bf16_model.set_weights(model.get_weights())
@@ -156,32 +165,30 @@ def openvino_ir_path(model_id: str) -> str:
     return os.path.join(directory, f"{model_id}-v{CONVERSION_VERSION}-ov{version}.xml")
 
 
-def convert_to_openvino(uri: str):
+def convert_to_openvino(uri: str, metadata: ExportMetadata | None = None):
     """The export at `uri` as an `openvino.Model` (float32 weights, standardised kernels folded)."""
     import openvino
     import tensorflow as tf
 
-    from musicrep.model.export import load, read_metadata
+    from musicrep.model.export import load
 
-    metadata = read_metadata(uri)
-    model = load(uri)
+    metadata = metadata or read_metadata(uri)
+    model = load(uri, metadata=metadata)
     _fold_standardisation(model, plain_convolution=True)
     signature = tf.TensorSpec([None, metadata.n_mels, None], tf.float32, name="log_mel")
     forward = tf.function(lambda windows: model(windows, training=False), input_signature=[signature])
     return openvino.convert_model(forward)
 
 
-def _openvino_embedder(uri: str, precision: str, cpu_threads: int | None) -> Embedder:
+def _openvino_embedder(uri: str, metadata: ExportMetadata, precision: str, cpu_threads: int | None) -> Embedder:
     import openvino
 
-    from musicrep.model.export import read_metadata
-
-    path = openvino_ir_path(read_metadata(uri).model_id)
+    path = openvino_ir_path(metadata.model_id)
     core = openvino.Core()
     if os.path.exists(path):
         ov_model = core.read_model(path)
     else:
-        ov_model = convert_to_openvino(uri)
+        ov_model = convert_to_openvino(uri, metadata)
         _save_ir(ov_model, path)
     config = {
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",

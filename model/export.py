@@ -1,71 +1,29 @@
-"""The model export every job reads: `<uri>/model.keras` plus the sidecar `<uri>/model.json`.
+"""The model export every job reads: `<uri>/model.keras` plus the sidecar `<uri>/model.json`
+(musicrep.contracts.sidecar: what the weights expect, read without TensorFlow).
 
-The sidecar says what the weights expect without loading them: `model_id` (sha256 of the
-config and every weight, so two exports with the same id compute the same function),
-the SF-NFNet config, the feature settings (FeatureConfig JSON and its sha256), the
-embedding size and the shortest input. `uri` is a local directory or any URL
-musicrep.fileio reads (gs://, …); files are copied through a local temporary file because
-Keras loads only from local paths.
+`uri` is a local directory or any URL musicrep.fileio reads (gs://, …); files are copied
+through a local temporary file because Keras loads only from local paths.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from typing import Any
 
 import keras
 import numpy as np
 
 from musicrep import fileio
+from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
+from musicrep.contracts.sidecar import MODEL_FILE, SIDECAR_FILE, ExportMetadata, read_metadata
 from musicrep.errors import MusicrepError
-from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
 from musicrep.model import layers  # noqa: F401  (registers the custom layers for load_model)
 from musicrep.model.sf_nfnet import MIN_FRAMES, N_MELS, SFNFNetConfig
 
 logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-MODEL_FILE = "model.keras"
-SIDECAR_FILE = "model.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportMetadata:
-    """The sidecar of an export (`model.json`)."""
-
-    model_id: str
-    config: dict[str, Any]
-    feature_config: dict[str, Any]
-    feature_config_sha256: str
-    embedding_size: int
-    n_mels: int
-    min_frames: int
-    n_parameters: int
-    source: str
-    format_version: int = FORMAT_VERSION
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ExportMetadata:
-        fields = json.loads(text)
-        if fields.get("format_version") != FORMAT_VERSION:
-            raise MusicrepError(f"unsupported export format_version {fields.get('format_version')!r}")
-        return cls(**fields)
-
-    @property
-    def sf_nfnet_config(self) -> SFNFNetConfig:
-        return SFNFNetConfig.from_dict(self.config)
-
-    @property
-    def features(self) -> FeatureConfig:
-        return FeatureConfig.from_json(json.dumps(self.feature_config))
 
 
 def compute_model_id(model: keras.Model, config: SFNFNetConfig) -> str:
@@ -117,21 +75,17 @@ def save(
     return metadata
 
 
-def read_metadata(uri: str) -> ExportMetadata:
-    """The sidecar of the export at `uri`, without loading the weights."""
-    return ExportMetadata.from_json(fileio.read_text(_join(uri, SIDECAR_FILE)))
-
-
-def load(uri: str, *, verify: bool = True) -> keras.Model:
-    """Load the export at `uri` (local directory or gs://…); `verify` rechecks `model_id`."""
-    metadata = read_metadata(uri)
+def load(uri: str, *, verify: bool = True, metadata: ExportMetadata | None = None) -> keras.Model:
+    """Load the export at `uri` (local directory or gs://…); `verify` rechecks `model_id`.
+    `metadata`: its sidecar, when the caller has read it already."""
+    metadata = metadata or read_metadata(uri)
     with tempfile.TemporaryDirectory(prefix="musicrep-load-") as tmp:
         local_model = os.path.join(tmp, MODEL_FILE)
         with fileio.open_read(_join(uri, MODEL_FILE)) as source, open(local_model, "wb") as target:
             shutil.copyfileobj(source, target, length=16 << 20)
         model = keras.saving.load_model(local_model, compile=False)
     if verify:
-        actual = compute_model_id(model, metadata.sf_nfnet_config)
+        actual = compute_model_id(model, SFNFNetConfig.from_dict(metadata.config))
         if actual != metadata.model_id:
             raise MusicrepError(
                 f"{uri}: weights hash to {actual}, but the sidecar says {metadata.model_id}"

@@ -20,7 +20,7 @@ from typing import Any
 import keras
 
 from musicrep.errors import ConfigError
-from musicrep.features.config import DEFAULT_FEATURE_CONFIG
+from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG
 from musicrep.model import signal
 from musicrep.model.layers import (
     ScalarGain,

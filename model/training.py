@@ -48,7 +48,7 @@ from tensorflow.core.framework import summary_pb2
 
 from musicrep import fileio
 from musicrep.errors import ConfigError, MusicrepError
-from musicrep.features.config import FeatureConfig
+from musicrep.contracts.feature_config import FeatureConfig
 from musicrep.model import checkpoints, losses
 from musicrep.model import data as data_lib
 from musicrep.model.projector import projector as build_projector

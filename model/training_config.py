@@ -12,7 +12,7 @@ import keras
 
 from musicrep import fileio
 from musicrep.errors import ConfigError
-from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
+from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
 from musicrep.model import data as data_lib
 from musicrep.model import losses, schedules
 from musicrep.model.sf_nfnet import SF_NFNET_VARIANTS

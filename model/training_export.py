@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import keras
 
-from musicrep.features.config import FeatureConfig
+from musicrep.contracts.feature_config import FeatureConfig
 from musicrep.model.export import ExportMetadata, save
 from musicrep.model.sf_nfnet import SF_NFNET_VARIANTS, build_sf_nfnet
 from musicrep.model.training_config import TrainConfig

@@ -34,13 +34,14 @@ import pyarrow.parquet as pq
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from musicrep import fileio
+from musicrep.contracts.layout import STAGING_DIR
 from musicrep.errors import MusicrepError
 from musicrep.manifest import MANIFEST_NAME, MANIFEST_VERSION, committed_files
 from musicrep.pipelines import harness
+from musicrep.pipelines.outputs import WriteSideFile, read_side_total
 
 logger = logging.getLogger(__name__)
 
-STAGING_DIR = "_staging"
 TOTALS_PREFIX = "_total"
 # Test-only: makes the process that reaches the named point print its pid to stderr and
 # sleep, so a test can kill it there: before_commit, mid_commit, before_cleanup (the
@@ -75,35 +76,11 @@ def start_run(output_dir: str) -> StagedRun:
     return StagedRun(output_dir=output_dir.rstrip("/"), run_id=f"{stamp}-{secrets.token_hex(3)}")
 
 
-class WriteTotal(beam.PTransform):
+def write_total(staging_dir: str, name: str, value: Callable[[Any], int] | None = None) -> WriteSideFile:
     """Counts a PCollection's elements (or sums `value(element)`) into
-    STAGING/_total-NAME.txt: a total computed from the data itself, so the summary does
-    not depend on how a runner reports metrics."""
-
-    def __init__(self, staging_dir: str, name: str, value: Callable[[Any], int] | None = None):
-        super().__init__()
-        self._staging_dir = staging_dir
-        self._name = name
-        self._value = value
-
-    def expand(self, elements):
-        value = self._value or _one
-        return (
-            elements
-            | "Value" >> beam.Map(value)
-            | "Sum" >> beam.CombineGlobally(sum)
-            | "Format" >> beam.Map(str)
-            | "Write" >> beam.io.WriteToText(
-                fileio.join(self._staging_dir, f"{TOTALS_PREFIX}-{self._name}"),
-                file_name_suffix=".txt",
-                num_shards=1,
-                shard_name_template="",
-            )
-        )
-
-
-def _one(_) -> int:
-    return 1
+    STAGING/_total-NAME.txt: a total computed from the data itself, so the commit's
+    counts do not depend on how a runner reports metrics."""
+    return WriteSideFile.total(fileio.join(staging_dir, f"{TOTALS_PREFIX}-{name}.txt"), value)
 
 
 def run_to_success(pipeline: beam.Pipeline) -> PipelineResult:
@@ -211,7 +188,7 @@ def _read_totals(staging_dir: str) -> dict[str, int]:
     totals = {}
     for path in fileio.glob(fileio.join(staging_dir, f"{TOTALS_PREFIX}-*.txt")):
         name = fileio.basename(path)[len(TOTALS_PREFIX) + 1 : -len(".txt")]
-        totals[name] = int(fileio.read_text(path).strip() or 0)
+        totals[name] = read_side_total(path)
     return totals
 
 

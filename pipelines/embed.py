@@ -5,7 +5,7 @@
 
 Windows follow SPEC §4 (3 s at 0.5 Hz by default, see musicrep.features.windows); each
 track's window embeddings are averaged into DIR/embeddings-RUN_ID-SSSSS-of-NNNNN.parquet
-(schema: musicrep.pipelines.schema). Inputs that cannot be embedded go to
+(schema: musicrep.contracts.schema). Inputs that cannot be embedded go to
 DIR/errors-RUN_ID-SSSSS-of-NNNNN.jsonl with the stage and reason. DIR/_MANIFEST.json
 lists the files of the last committed run (musicrep.pipelines.commit). The transforms
 are in musicrep.pipelines.embed_transforms; this module wires them and runs the job.
@@ -17,19 +17,18 @@ the input catalog (new, changed and unchanged tracks), ready to replace the old 
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import time
 from typing import Iterator
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from musicrep.features.shards import SHARD_KIND
-from musicrep.features.windows import WindowSpec
+from musicrep.contracts.shards import SHARD_KIND
 from musicrep.manifest import MANIFEST_NAME, resolve_files
-from musicrep.pipelines import commit, schema, settings
+from musicrep.contracts import schema
+from musicrep.contracts.layout import ERRORS_PREFIX, SHARD_TEMPLATE
+from musicrep.pipelines import commit, launch
 from musicrep.pipelines.embed_transforms import (
     EmbedAudioWindows,
     EmbedTracks,
@@ -38,10 +37,11 @@ from musicrep.pipelines.embed_transforms import (
     ReadShardFile,
     SkipExisting,
 )
-from musicrep.pipelines.features import ExtractLogMel, ListTracks, check_source
-from musicrep.pipelines.inference import EmbeddingModelHandler, InferenceSpec
+from musicrep.pipelines.features import ExtractLogMel, ListTracks
+from musicrep.pipelines.inference import EmbeddingModelHandler
 from musicrep.pipelines.options import make_pipeline_options
-from musicrep.pipelines.outputs import ERRORS_PREFIX, SHARD_TEMPLATE, WriteDeadLetters
+from musicrep.pipelines.outputs import WriteDeadLetters
+from musicrep.pipelines.settings import EmbedSettings, InferenceSpec
 
 logger = logging.getLogger(__name__)
 
@@ -50,28 +50,16 @@ CARRIED = "carried"  # totals of the run besides each output's records
 WINDOWS_EMBEDDED = "windows_embedded"
 
 
-def build_pipeline(
-    pipeline: beam.Pipeline,
-    *,
-    model_uri: str,
-    output_dir: str,
-    features: str | None = None,
-    audio: str | None = None,
-    skip_existing: str | None = None,
-    num_shards: int = 0,
-    windows: WindowSpec = WindowSpec(),
-    inference: InferenceSpec = InferenceSpec(),
-    per_window: bool = False,
-    time_budget_s: float | None = None,
-) -> None:
+def build_pipeline(pipeline: beam.Pipeline, settings: EmbedSettings, *, output_dir: str, inference: InferenceSpec) -> None:
     """The embed job: shards (or audio → log-mel) → windows → RunInference → Parquet, and
     the totals of the run (for the commit) written next to them in `output_dir`.
 
-    `features` and `skip_existing` are committed output directories or globs.
+    `settings.features` and `settings.skip_existing` are committed output directories or
+    globs; `inference` is the settings' InferenceSpec completed for the pipeline options.
     """
-    from musicrep.model.export import read_metadata
-
-    metadata = read_metadata(model_uri)
+    metadata, windows = settings.model.metadata, settings.model.windows
+    features, audio, skip_existing = settings.features, settings.audio, settings.skip_existing
+    per_window, num_shards = settings.per_window, settings.shards
     existing_rows = existing_keys = None
     if skip_existing:
         existing_rows = (
@@ -87,7 +75,7 @@ def build_pipeline(
         existing_keys = existing_rows | "ExistingHashes" >> beam.Map(lambda kv: (kv[0], kv[1]["content_sha256"]))
 
     if audio is not None:
-        compute = EmbedAudioWindows(metadata=metadata, windows=windows, time_budget_s=time_budget_s)
+        compute = EmbedAudioWindows(metadata=metadata, windows=windows, time_budget_s=settings.model.time_budget_s)
         extracted = (
             pipeline
             | "ListTracks" >> ListTracks(audio)
@@ -118,7 +106,7 @@ def build_pipeline(
     embedded = {"chunks": chunks, "partials": partials} | "EmbedTracks" >> EmbedTracks(
         metadata=metadata,
         windows=windows,
-        handler=EmbeddingModelHandler(model_uri, inference),
+        handler=EmbeddingModelHandler(settings.model.model_uri, inference, metadata=metadata),
         per_window=per_window,
     )
     rows = embedded["rows"]
@@ -128,20 +116,20 @@ def build_pipeline(
             | "JoinSkipped" >> beam.CoGroupByKey()
             | "CarryExistingRows" >> beam.FlatMap(_carried_row)
         )
-        _ = carried | "CountCarried" >> commit.WriteTotal(output_dir, CARRIED)
+        _ = carried | "CountCarried" >> commit.write_total(output_dir, CARRIED)
         rows = (rows, carried) | "AllRows" >> beam.Flatten()
 
     size = metadata.embedding_size
     errors = (input_errors, embedded["errors"]) | "AllErrors" >> beam.Flatten()
     _ = rows | "WriteEmbeddings" >> _write_parquet(output_dir, schema.EMBEDDINGS_PREFIX, schema.embedding_schema(size), num_shards)
     _ = errors | "WriteErrors" >> WriteDeadLetters(output_dir)
-    _ = rows | "CountRows" >> commit.WriteTotal(output_dir, schema.EMBEDDINGS_PREFIX)
-    _ = errors | "CountErrors" >> commit.WriteTotal(output_dir, ERRORS_PREFIX)
-    _ = embedded["rows"] | "CountWindows" >> commit.WriteTotal(output_dir, WINDOWS_EMBEDDED, _n_windows)
+    _ = rows | "CountRows" >> commit.write_total(output_dir, schema.EMBEDDINGS_PREFIX)
+    _ = errors | "CountErrors" >> commit.write_total(output_dir, ERRORS_PREFIX)
+    _ = embedded["rows"] | "CountWindows" >> commit.write_total(output_dir, WINDOWS_EMBEDDED, _n_windows)
     if per_window:
         windows = embedded["windows"]
         _ = windows | "WriteWindows" >> _write_parquet(output_dir, schema.WINDOWS_PREFIX, schema.window_schema(size), 0)
-        _ = windows | "CountWindowRows" >> commit.WriteTotal(output_dir, schema.WINDOWS_PREFIX)
+        _ = windows | "CountWindowRows" >> commit.write_total(output_dir, schema.WINDOWS_PREFIX)
 
 
 def _n_windows(row: dict) -> int:
@@ -190,63 +178,21 @@ def embed_pipeline_options(beam_args: list[str]):
     return make_pipeline_options(beam_args, default_workers=1)
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
-        prog="musicrep embed",
-        description="Embed every track with an SF-NFNet export: windows (SPEC §4) → model → "
-        "per-track average → Parquet. Options not listed here go to Beam.",
+def run(argv: list[str] | EmbedSettings | None = None) -> launch.JobResult:
+    """The embed job from its command line (or settings already validated)."""
+    settings = argv if isinstance(argv, EmbedSettings) else EmbedSettings.from_argv(argv)
+    options = embed_pipeline_options(list(settings.beam_args))
+    inference = settings.model.for_workers(options)
+    done = launch.to_directory(
+        "embed",
+        output_dir=settings.output,
+        options=options,
+        build=lambda pipeline, staging_dir: build_pipeline(pipeline, settings, output_dir=staging_dir, inference=inference),
+        prefixes=OUTPUT_PREFIXES,
+        settings=settings.record(),
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--features",
-        help="the features job's output directory (its committed shards) or a glob of feature shards",
-    )
-    source.add_argument(
-        "--audio", help="glob of audio files or a track_id,uri manifest: decode + log-mel in the same job"
-    )
-    parser.add_argument("--model", required=True, help="model export directory (local or gs://)")
-    parser.add_argument("--output", required=True, help="output directory (local or gs://)")
-    parser.add_argument("--per-window", action="store_true", help="also write DIR/windows-*.parquet")
-    parser.add_argument("--shards", type=int, default=0, help="embedding Parquet files (default: the runner decides)")
-    parser.add_argument(
-        "--skip-existing",
-        metavar="DIR_OR_PATTERN",
-        help="earlier embeddings (an embed output directory or a Parquet glob): unchanged tracks "
-        "are copied from them instead of recomputed",
-    )
-    settings.add_model_arguments(parser)
-    return parser.parse_known_args(argv)
-
-
-def run(argv: list[str] | None = None) -> int:
-    from musicrep.model.export import read_metadata
-
-    args, beam_args = parse_args(argv)
-    options = embed_pipeline_options(beam_args)
-    windows = settings.window_spec(args, read_metadata(args.model).features)
-    inference = settings.inference_spec(args, options)
-    if args.audio:
-        check_source(args.audio)
-    started = time.perf_counter()
-    staged = commit.start_run(args.output)
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(
-        pipeline,
-        model_uri=args.model,
-        output_dir=staged.staging_dir,
-        features=args.features,
-        audio=args.audio,
-        skip_existing=args.skip_existing,
-        num_shards=args.shards,
-        windows=windows,
-        inference=inference,
-        per_window=args.per_window,
-        time_budget_s=args.time_budget_s,
-    )
-    commit.run_to_success(pipeline)
-    manifest = commit.commit(staged, job="embed", prefixes=OUTPUT_PREFIXES, settings=vars(args))
-    print(summary(manifest, output_dir=args.output, elapsed_s=time.perf_counter() - started))
-    return 0
+    text = summary(done.manifest, output_dir=settings.output, elapsed_s=done.seconds)
+    return done.result("embed", kind=schema.EMBEDDINGS_PREFIX, summary=text)
 
 
 def summary(manifest: dict, *, output_dir: str, elapsed_s: float) -> str:

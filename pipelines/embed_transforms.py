@@ -22,13 +22,14 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.transforms.window import GlobalWindows
 
 from musicrep import fileio
+from musicrep.contracts.layout import METRICS_NAMESPACE
 from musicrep.errors import RecordError, TooShortError
-from musicrep.features.config import FeatureConfig
-from musicrep.features.shards import DamagedShardError, FeatureRecord, iterate_shard_records, parse_record
+from musicrep.contracts.feature_config import FeatureConfig
+from musicrep.contracts.shards import DamagedShardError, FeatureRecord, iterate_shard_records, parse_record
 from musicrep.features.windows import OnlinePool, WindowChunk, WindowSpec, WindowStream
-from musicrep.pipelines.inference import EmbeddingModelHandler, InferenceSpec, TrackWindows
+from musicrep.pipelines.inference import EmbeddingModelHandler, TrackWindows
+from musicrep.pipelines.settings import InferenceSpec
 from musicrep.pipelines.features import StreamTrack, TrackInProgress
-from musicrep.pipelines.options import METRICS_NAMESPACE
 from musicrep.pipelines.outputs import error_record
 
 if TYPE_CHECKING:

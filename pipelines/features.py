@@ -4,13 +4,12 @@
     musicrep features --input manifest.csv --output /data/features --shards 64
 
 Every input ends in exactly one of two outputs: a `tf.train.Example` in
-DIR/features-RUN_ID-SSSSS-of-NNNNN.tfrecord.gz (schema: musicrep.features.shards), or a
+DIR/features-RUN_ID-SSSSS-of-NNNNN.tfrecord.gz (schema: musicrep.contracts.shards), or a
 line in DIR/errors-RUN_ID-SSSSS-of-NNNNN.jsonl saying which stage failed and why.
 DIR/_MANIFEST.json lists the files of the last committed run (musicrep.pipelines.commit).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import glob
@@ -26,36 +25,22 @@ from apache_beam.metrics import Metrics
 
 from musicrep import fileio
 from musicrep.errors import ConfigError, TooShortError, TrackTimeoutError
-from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
-from musicrep.features.shards import SHARD_KIND, FeatureRecord, serialize_record
-from musicrep.features.stream import SEGMENT_FRAMES, Segmenter, Stopwatch, TrackLogMel, check_time_budget
+from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
+from musicrep.contracts.shards import SHARD_KIND, SHARD_SUFFIX, FeatureRecord, serialize_record
+from musicrep.features.stream import SEGMENT_FRAMES, Segmenter, Stopwatch, TrackLogMel
+from musicrep.contracts.layout import ERRORS_PREFIX, METRICS_NAMESPACE, SHARD_TEMPLATE
+from musicrep.contracts.tracks import glob_prefix, is_manifest, track_id_for
 from musicrep.manifest import MANIFEST_NAME
-from musicrep.pipelines import commit
-from musicrep.pipelines.options import METRICS_NAMESPACE, counter_values, make_pipeline_options
-from musicrep.pipelines.outputs import ERRORS_PREFIX, SHARD_TEMPLATE, WriteDeadLetters, error_record
+from musicrep.pipelines import commit, launch
+from musicrep.pipelines.options import counter_values, make_pipeline_options
+from musicrep.pipelines.outputs import WriteDeadLetters, error_record
+from musicrep.pipelines.settings import FeaturesSettings
 
 logger = logging.getLogger(__name__)
 
 SHARD_PREFIX = SHARD_KIND
 OUTPUT_PREFIXES = (SHARD_PREFIX, ERRORS_PREFIX)
 _PROGRESS_EVERY_S = 10.0
-
-
-def is_manifest(source: str) -> bool:
-    return source.lower().endswith((".csv", ".parquet")) and not fileio.is_glob(source)
-
-
-def glob_prefix(pattern: str) -> str:
-    """The fixed directory part of a glob: everything up to the last '/' before a wildcard."""
-    head = pattern[: fileio.glob_start(pattern)]
-    return head[: head.rfind("/") + 1]
-
-
-def track_id_for(path: str, prefix: str) -> str:
-    """Default track id: the path relative to the glob's fixed prefix, without extension."""
-    relative = path[len(prefix) :] if path.startswith(prefix) else path.rsplit("/", 1)[-1]
-    stem, dot, extension = relative.rpartition(".")
-    return stem if dot and "/" not in extension else relative
 
 
 class ListTracks(beam.PTransform):
@@ -144,7 +129,6 @@ class StreamTrack(beam.DoFn):
     """
 
     def __init__(self, config: FeatureConfig, *, time_budget_s: float | None = None, max_samples: int | None = None):
-        check_time_budget(time_budget_s)  # in the launcher, before any work
         self._config = config
         self._time_budget_s = time_budget_s
         self._max_samples = max_samples
@@ -242,7 +226,7 @@ def failure_stage(error: BaseException, stage: str) -> str:
 
 class ComputeLogMel(StreamTrack):
     """(track_id, uri) → FeatureRecords (segments of SEGMENT_FRAMES, see
-    musicrep.features.shards), or a dead letter naming the stage.
+    musicrep.contracts.shards), or a dead letter naming the stage.
 
     A long track whose first segments are out when it fails (a timeout, a decode error
     hours in) is closed with what was decoded: its final record says so through the
@@ -347,73 +331,43 @@ def build_pipeline(
     serialized = results["features"] | "Serialize" >> beam.Map(serialize_record, dtype=dtype)
     _ = serialized | "WriteShards" >> beam.io.WriteToTFRecord(
         FileSystems.join(output_dir, SHARD_PREFIX),
-        file_name_suffix=".tfrecord.gz",
+        file_name_suffix=SHARD_SUFFIX,
         num_shards=num_shards,
         shard_name_template=SHARD_TEMPLATE,
         compression_type=CompressionTypes.GZIP,
     )
     _ = results["errors"] | "WriteErrors" >> WriteDeadLetters(output_dir)
     # Tracks, not records: a long track is several segments, the last one final.
-    _ = results["features"] | "CountShardTracks" >> commit.WriteTotal(output_dir, SHARD_PREFIX, _final)
-    _ = results["errors"] | "CountErrors" >> commit.WriteTotal(output_dir, ERRORS_PREFIX)
+    _ = results["features"] | "CountShardTracks" >> commit.write_total(output_dir, SHARD_PREFIX, _final)
+    _ = results["errors"] | "CountErrors" >> commit.write_total(output_dir, ERRORS_PREFIX)
 
 
 def _final(record: FeatureRecord) -> int:
     return int(record.final)
 
 
-def add_time_budget_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--time-budget-s",
-        type=float,
-        default=None,
-        metavar="S",
-        help="seconds of work one track may take (decode, log-mel and, in embed, the model); a track "
-        "that takes longer is a dead letter 'timeout' with the time spent and the worker moves on "
-        "(default: no budget; a 10-hour track takes ~6 min of one core)",
+def run(argv: list[str] | FeaturesSettings | None = None) -> launch.JobResult:
+    """The features job from its command line (or settings already validated)."""
+    settings = argv if isinstance(argv, FeaturesSettings) else FeaturesSettings.from_argv(argv)
+    done = launch.to_directory(
+        "features",
+        output_dir=settings.output,
+        options=make_pipeline_options(list(settings.beam_args)),
+        build=lambda pipeline, staging_dir: build_pipeline(
+            pipeline,
+            source=settings.source,
+            output_dir=staging_dir,
+            num_shards=settings.shards,
+            dtype=settings.dtype,
+            time_budget_s=settings.time_budget_s,
+        ),
+        prefixes=OUTPUT_PREFIXES,
+        settings=settings.record(),
     )
-
-
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
-        prog="musicrep features",
-        description="Decode an audio catalog and write 96-bin log-mel TFRecord shards (SPEC §1). "
-        "Options not listed here go to Beam (e.g. --runner, --direct_num_workers, --project).",
-    )
-    parser.add_argument(
-        "--input",
-        required=True,
-        help="glob of audio files (local or gs://, e.g. 'catalog/**/*.mp3') or a manifest "
-        ".csv/.parquet with columns track_id,uri",
-    )
-    parser.add_argument("--output", required=True, help="output directory (local or gs://)")
-    parser.add_argument(
-        "--shards", type=int, default=0, help="number of feature shards (default 0: the runner decides)"
-    )
-    parser.add_argument(
-        "--dtype", choices=("float16", "float32"), default="float16", help="log-mel storage type (default float16)"
-    )
-    add_time_budget_argument(parser)
-    return parser.parse_known_args(argv)
-
-
-def run(argv: list[str] | None = None) -> int:
-    args, beam_args = parse_args(argv)
-    if args.shards < 0:
-        raise ConfigError(f"--shards must be >= 0, got {args.shards}")
-    check_source(args.input)
-    check_time_budget(args.time_budget_s)
-    options = make_pipeline_options(beam_args)
-    started = time.perf_counter()
-    staged = commit.start_run(args.output)
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, source=args.input, output_dir=staged.staging_dir, num_shards=args.shards,
-                   dtype=args.dtype, time_budget_s=args.time_budget_s)
-    result = commit.run_to_success(pipeline)
-    manifest = commit.commit(staged, job="features", prefixes=OUTPUT_PREFIXES, settings=vars(args))
-    elapsed_s = time.perf_counter() - started
-    print(summary(manifest, counter_values(result), output_dir=args.output, elapsed_s=elapsed_s))
-    return 0
+    counters = counter_values(done.pipeline_result)
+    text = summary(done.manifest, counters, output_dir=settings.output, elapsed_s=done.seconds)
+    audio = {"audio_seconds": counters["audio_seconds"]} if "audio_seconds" in counters else {}
+    return done.result("features", kind=SHARD_PREFIX, summary=text, counts=audio)
 
 
 def summary(manifest: dict, counters: dict[str, int], *, output_dir: str, elapsed_s: float) -> str:
@@ -428,7 +382,7 @@ def summary(manifest: dict, counters: dict[str, int], *, output_dir: str, elapse
         [
             f"features: {written + failed} tracks read, {written} written, {failed} failed, "
             f"{audio}{elapsed_s:.1f} s; run {manifest['run_id']}",
-            f"  shards: {FileSystems.join(output_dir, SHARD_PREFIX)}-{manifest['run_id']}-*-of-*.tfrecord.gz "
+            f"  shards: {FileSystems.join(output_dir, SHARD_PREFIX)}-{manifest['run_id']}-*-of-*{SHARD_SUFFIX} "
             "(one tf.train.Example per track, or per 10.9-minute segment of a longer one: track_id, uri, "
             "content_sha256, log_mel [n_frames, 96], frame_offset, final, ...)",
             f"  errors: {FileSystems.join(output_dir, ERRORS_PREFIX)}-{manifest['run_id']}-*-of-*.jsonl "
@@ -437,21 +391,3 @@ def summary(manifest: dict, counters: dict[str, int], *, output_dir: str, elapse
             "readers given the directory follow it)",
         ]
     )
-
-
-def check_source(source: str) -> None:
-    # Fail in the launcher, before any worker starts, when the input names nothing.
-    if is_manifest(source):
-        if not FileSystems.exists(source):
-            raise ConfigError(f"manifest {source!r} does not exist")
-        if source.lower().endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            with FileSystems.open(source, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-                names = pq.read_schema(handle).names
-            missing = {"track_id", "uri"} - set(names)
-            if missing:
-                raise ConfigError(f"manifest {source!r} lacks column(s) {sorted(missing)}; columns are {names}")
-        return
-    if not list(MatchPaths().process(source)):
-        raise ConfigError(f"no files match {source!r}")

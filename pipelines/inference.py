@@ -16,9 +16,10 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from musicrep.errors import ConfigError
+from musicrep.contracts.layout import METRICS_NAMESPACE
 from musicrep.features.windows import cut_windows
-from musicrep.model.engines import check_names
+from musicrep.contracts.sidecar import ExportMetadata
+from musicrep.pipelines.settings import InferenceSpec
 
 logger = logging.getLogger(__name__)
 
@@ -37,37 +38,6 @@ class TrackWindows:
     starts: np.ndarray
     window_frames: int
     first_frame: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class InferenceSpec:
-    """How the model runs. `engine` and `precision` are written into every output row.
-
-    Attributes:
-        batch_size: windows per model call (the last batch of a bundle is zero-padded).
-        engine: "tf" or "openvino" (musicrep.model.engines).
-        precision: "fp32" or "bf16"; bf16 needs bf16 hardware on the worker (AMX or
-            AVX-512 BF16 on a CPU; a GPU with engine "tf") and is refused elsewhere.
-        large_model: one model per machine shared by its worker processes (GPU workers).
-        model_copies: with large_model, copies per machine (default 1).
-        cpu_threads: threads of one model on a CPU worker (default: the engine's).
-        jit_compile: engine "tf" only: XLA-compile the forward.
-    """
-
-    batch_size: int = 32
-    engine: str = "tf"
-    precision: str = "fp32"
-    large_model: bool = False
-    model_copies: int | None = None
-    cpu_threads: int | None = None
-    jit_compile: bool = False
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
-        check_names(engine=self.engine, precision=self.precision)
-        if self.jit_compile and self.engine != "tf":
-            raise ConfigError(f"jit_compile is a TensorFlow option; engine is {self.engine!r}")
 
 
 def iterate_batches(
@@ -92,10 +62,18 @@ def iterate_batches(
 class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
     """Loads a musicrep export as `spec` says and embeds TrackWindows elements."""
 
-    def __init__(self, model_uri: str, spec: InferenceSpec = InferenceSpec(), *, max_tracks_per_batch: int = 16):
+    def __init__(
+        self,
+        model_uri: str,
+        spec: InferenceSpec = InferenceSpec(),
+        *,
+        metadata: ExportMetadata | None = None,
+        max_tracks_per_batch: int = 16,
+    ):
         super().__init__()
         self._model_uri = model_uri
         self._spec = spec
+        self._metadata = metadata  # the launcher's read of the sidecar, so workers do not read it again
         self._max_tracks = max_tracks_per_batch
 
     @property
@@ -108,10 +86,12 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
         spec = self._spec
         embedder = load_embedder(
             self._model_uri,
+            metadata=self._metadata,
             engine=spec.engine,
             precision=spec.precision,
             cpu_threads=spec.cpu_threads,
             jit_compile=spec.jit_compile,
+            check_hardware=not spec.hardware_checked,
         )
         return LoadedModel(embedder=embedder, batch_size=spec.batch_size)
 
@@ -139,7 +119,7 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
         return self._spec.model_copies or 1
 
     def get_metrics_namespace(self) -> str:
-        return "musicrep"
+        return METRICS_NAMESPACE
 
 
 @dataclasses.dataclass

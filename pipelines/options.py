@@ -18,6 +18,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (
     DirectOptions,
     PipelineOptions,
+    PortableOptions,
     PrismRunnerOptions,
     SetupOptions,
     StandardOptions,
@@ -25,11 +26,11 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.runner import PipelineResult
 
+from musicrep.contracts.layout import METRICS_NAMESPACE
 from musicrep.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-METRICS_NAMESPACE = "musicrep"
 EMBEDDED_RUNNER = "FnApiRunner"
 PRISM_RUNNERS = ("DirectRunner", "PrismRunner")
 # Runners that cannot run these jobs, and why (checked before any work starts).
@@ -123,6 +124,14 @@ def threads_per_worker(options: PipelineOptions) -> int | None:
     if options.view_as(StandardOptions).runner != EMBEDDED_RUNNER or direct.direct_running_mode != "multi_processing":
         return None
     return max(1, (os.cpu_count() or 1) // max(1, direct.direct_num_workers))
+
+
+def workers_are_local(options: PipelineOptions) -> bool:
+    """Whether the job's SDK workers run on this machine: the embedded runner, Prism, or
+    any runner with LOOPBACK workers (in the launcher's own process)."""
+    runner = str(options.view_as(StandardOptions).runner or EMBEDDED_RUNNER).rsplit(".", 1)[-1]
+    environment = options.view_as(PortableOptions).environment_type
+    return runner in (EMBEDDED_RUNNER, *PRISM_RUNNERS) or str(environment).upper() == "LOOPBACK"
 
 
 def counter_values(result: PipelineResult) -> dict[str, int]:

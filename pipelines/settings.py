@@ -1,92 +1,346 @@
-"""The settings of the jobs that run the model (embed, reembed): one set of options, turned
-into a WindowSpec and an InferenceSpec in the launcher, so a bad value is a usage error
-(exit 2) before any work starts."""
+"""Each job's settings: parsed from its command line and validated once, here at the edge,
+then carried to the workers as they are.
+
+Nothing here imports Beam or TensorFlow, so a usage error (a bad number, a missing model
+export, an input that names nothing) is one line and exit 2 within a second; the options
+the job's parser does not take go to Beam, whose own check runs when the job module
+builds its PipelineOptions. `musicrep.cli` builds these before it imports the job.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import glob as local_glob
+import math
+from typing import Any
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
-from musicrep.features.config import FeatureConfig
-from musicrep.features.stream import check_time_budget
+from musicrep import fileio
+from musicrep.contracts.sidecar import ExportMetadata, read_metadata
+from musicrep.contracts.tracks import is_manifest
+from musicrep.errors import ConfigError
 from musicrep.features.windows import AGGREGATES, WindowSpec
-from musicrep.model.engines import ENGINES, PRECISIONS
-from musicrep.pipelines.features import add_time_budget_argument
-from musicrep.pipelines.inference import InferenceSpec
-from musicrep.pipelines.options import threads_per_worker
+from musicrep.model.engines import ENGINES, PRECISIONS, check_names, check_precision
+from musicrep.store.options import storage_options
+
+SHARD_DTYPES = ("float16", "float32")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Window placement and pooling (SPEC §4), batching, engine and precision: every
-    option of the model's settings, so embed and reembed offer the same ones."""
-    default = WindowSpec()
+@dataclasses.dataclass(frozen=True)
+class InferenceSpec:
+    """How the model runs. `engine` and `precision` are written into every output row.
+
+    Attributes:
+        batch_size: windows per model call (the last batch of a bundle is zero-padded).
+        engine: "tf" or "openvino" (musicrep.model.engines).
+        precision: "fp32" or "bf16"; bf16 needs bf16 hardware on the worker (AMX or
+            AVX-512 BF16 on a CPU; a GPU with engine "tf") and is refused elsewhere.
+        large_model: one model per machine shared by its worker processes (GPU workers).
+        model_copies: with large_model, copies per machine (default 1).
+        cpu_threads: threads of one model on a CPU worker (default: the engine's).
+        jit_compile: engine "tf" only: XLA-compile the forward.
+        hardware_checked: the launcher found the bf16 units (its workers run on its
+            machine), so the workers do not look again; remote workers check their own.
+    """
+
+    batch_size: int = 32
+    engine: str = "tf"
+    precision: str = "fp32"
+    large_model: bool = False
+    model_copies: int | None = None
+    cpu_threads: int | None = None
+    jit_compile: bool = False
+    hardware_checked: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"the batch size must be >= 1, got {self.batch_size}")
+        if self.model_copies is not None and self.model_copies < 1:
+            raise ConfigError(f"model copies must be >= 1 (or unset for 1), got {self.model_copies}")
+        if self.model_copies is not None and not self.large_model:
+            raise ConfigError("model copies are copies per machine of a --large-model; add --large-model")
+        check_names(engine=self.engine, precision=self.precision)
+        if self.jit_compile and self.engine != "tf":
+            raise ConfigError(f"jit_compile is a TensorFlow option; engine is {self.engine!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturesSettings:
+    """The features job: `source` (glob or manifest) → log-mel shards in `output`."""
+
+    source: str
+    output: str
+    shards: int = 0
+    dtype: str = "float16"
+    time_budget_s: float | None = None
+    beam_args: tuple[str, ...] = ()
+
+    @classmethod
+    def from_argv(cls, argv: list[str] | None) -> FeaturesSettings:
+        parser = argparse.ArgumentParser(
+            prog="musicrep features",
+            description="Decode an audio catalog and write 96-bin log-mel TFRecord shards (SPEC §1). "
+            "Options not listed here go to Beam (e.g. --runner, --direct_num_workers, --project).",
+        )
+        parser.add_argument(
+            "--input",
+            required=True,
+            help="glob of audio files (local or gs://, e.g. 'catalog/**/*.mp3') or a manifest "
+            ".csv/.parquet with columns track_id,uri",
+        )
+        parser.add_argument("--output", required=True, help="output directory (local or gs://)")
+        parser.add_argument(
+            "--shards", type=int, default=0, help="number of feature shards (default 0: the runner decides)"
+        )
+        parser.add_argument(
+            "--dtype", choices=SHARD_DTYPES, default="float16", help="log-mel storage type (default float16)"
+        )
+        _add_time_budget(parser)
+        args, beam_args = parser.parse_known_args(argv)
+        _check_count("--shards", args.shards, minimum=0)
+        check_time_budget(args.time_budget_s)
+        check_source(args.input)
+        return cls(args.input, args.output, args.shards, args.dtype, args.time_budget_s, tuple(beam_args))
+
+    def record(self) -> dict[str, Any]:
+        """What the manifest records of the run's settings."""
+        return {"input": self.source, "output": self.output, "shards": self.shards, "dtype": self.dtype,
+                "time_budget_s": self.time_budget_s}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """What embed and reembed share: the export (its sidecar read once), how tracks
+    become windows and one vector, how the model runs, and the per-track time budget."""
+
+    model_uri: str
+    metadata: ExportMetadata
+    windows: WindowSpec
+    inference: InferenceSpec
+    time_budget_s: float | None = None
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """Every option of the model's settings, so embed and reembed offer the same ones."""
+        default, spec = WindowSpec(), InferenceSpec()
+        parser.add_argument("--model", required=True, help="model export directory (local or gs://)")
+        parser.add_argument(
+            "--window-s", type=float, default=default.window_s, help=f"window length in seconds (default {default.window_s:g})"
+        )
+        parser.add_argument(
+            "--hop-s",
+            type=float,
+            default=default.hop_s,
+            help=f"hop between window centres in seconds (default {default.hop_s:g} = 0.5 Hz)",
+        )
+        parser.add_argument("--max-windows", type=int, default=None, help="embed at most this many windows per track")
+        parser.add_argument(
+            "--max-duration-s",
+            type=float,
+            default=None,
+            metavar="S",
+            help="embed only the first S seconds of each track (with --audio the rest is never decoded; "
+            "recorded in each row's window_spec and duration_s; default: the whole track)",
+        )
+        parser.add_argument(
+            "--aggregate", choices=AGGREGATES, default=default.aggregate, help=f"window pooling (default {default.aggregate})"
+        )
+        parser.add_argument(
+            "--batch-size", type=int, default=spec.batch_size, help=f"windows per model call (default {spec.batch_size})"
+        )
+        parser.add_argument(
+            "--large-model", action="store_true", help="one model per machine shared by its worker processes (GPU workers)"
+        )
+        parser.add_argument("--model-copies", type=int, default=None, help="with --large-model: copies per machine (default 1)")
+        parser.add_argument(
+            "--engine", choices=ENGINES, default=spec.engine, help=f"inference engine (default {spec.engine}; recorded in every row)"
+        )
+        parser.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default=spec.precision,
+            help="fp32, or bf16 on workers with bf16 units (AMX or AVX-512 BF16 CPUs; GPUs with --engine tf); "
+            "refused elsewhere. Recorded in every row.",
+        )
+        _add_time_budget(parser)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ModelSettings:
+        """Validated settings: finite numbers in range, the export's sidecar read."""
+        check_time_budget(args.time_budget_s)
+        inference = InferenceSpec(
+            batch_size=args.batch_size,
+            engine=args.engine,
+            precision=args.precision,
+            large_model=args.large_model,
+            model_copies=args.model_copies,
+        )
+        windows = WindowSpec(
+            window_s=args.window_s,
+            hop_s=args.hop_s,
+            max_windows=args.max_windows,
+            aggregate=args.aggregate,
+            max_duration_s=args.max_duration_s,
+        )
+        metadata = read_metadata(args.model)
+        windows.frames(metadata.features)  # refuses windows that round to no frame
+        return cls(args.model, metadata, windows, inference, args.time_budget_s)
+
+    def for_workers(self, options) -> InferenceSpec:
+        """The InferenceSpec the workers get, for these PipelineOptions: each worker's share
+        of the cores on the embedded runner, and bf16 hardware checked here whenever the
+        workers run on this machine (so no staging starts for a run its workers refuse)."""
+        from musicrep.pipelines.options import threads_per_worker, workers_are_local
+
+        local = workers_are_local(options)
+        if local:
+            check_precision(self.inference.precision, engine=self.inference.engine, gpu=bool(local_gpus()))
+        return dataclasses.replace(self.inference, cpu_threads=threads_per_worker(options), hardware_checked=local)
+
+    def record(self) -> dict[str, Any]:
+        return {"model": self.model_uri, "model_id": self.metadata.model_id, "window_spec": self.windows.key(self.metadata.features),
+                **dataclasses.asdict(self.inference), "time_budget_s": self.time_budget_s}
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedSettings:
+    """The embed job: shards (`features`) or audio (`audio`) → embeddings in `output`."""
+
+    model: ModelSettings
+    output: str
+    features: str | None = None
+    audio: str | None = None
+    per_window: bool = False
+    shards: int = 0
+    skip_existing: str | None = None
+    beam_args: tuple[str, ...] = ()
+
+    @classmethod
+    def from_argv(cls, argv: list[str] | None) -> EmbedSettings:
+        parser = argparse.ArgumentParser(
+            prog="musicrep embed",
+            description="Embed every track with an SF-NFNet export: windows (SPEC §4) → model → "
+            "per-track average → Parquet. Options not listed here go to Beam.",
+        )
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument(
+            "--features", help="the features job's output directory (its committed shards) or a glob of feature shards"
+        )
+        source.add_argument(
+            "--audio", help="glob of audio files or a track_id,uri manifest: decode + log-mel in the same job"
+        )
+        parser.add_argument("--output", required=True, help="output directory (local or gs://)")
+        parser.add_argument("--per-window", action="store_true", help="also write DIR/windows-*.parquet")
+        parser.add_argument("--shards", type=int, default=0, help="embedding Parquet files (default: the runner decides)")
+        parser.add_argument(
+            "--skip-existing",
+            metavar="DIR_OR_PATTERN",
+            help="earlier embeddings (an embed output directory or a Parquet glob): unchanged tracks "
+            "are copied from them instead of recomputed",
+        )
+        ModelSettings.add_arguments(parser)
+        args, beam_args = parser.parse_known_args(argv)
+        _check_count("--shards", args.shards, minimum=0)
+        _check_count("--max-windows", args.max_windows, minimum=1)
+        model = ModelSettings.from_args(args)
+        if args.audio:
+            check_source(args.audio)
+        return cls(model, args.output, args.features, args.audio, args.per_window, args.shards, args.skip_existing,
+                   tuple(beam_args))
+
+    def record(self) -> dict[str, Any]:
+        return {"features": self.features, "audio": self.audio, "output": self.output, "per_window": self.per_window,
+                "shards": self.shards, "skip_existing": self.skip_existing, **self.model.record()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ReembedSettings:
+    """The reembed job: the catalog `catalog` → the Delta store at `store`."""
+
+    model: ModelSettings
+    catalog: str
+    store: str
+    verify_content: bool = False
+    storage_options: tuple[tuple[str, str], ...] = ()
+    beam_args: tuple[str, ...] = ()
+
+    @classmethod
+    def from_argv(cls, argv: list[str] | None) -> ReembedSettings:
+        parser = argparse.ArgumentParser(
+            prog="musicrep reembed",
+            description="Incrementally re-embed a catalog into a Delta Lake store: only new, changed "
+            "(size/mtime/generation) or stale (model, front end, window settings, engine, precision) tracks are "
+            "read and embedded; one Delta commit per run. Options not listed here go to Beam.",
+        )
+        parser.add_argument("--catalog", required=True, help="glob of audio files (local or gs://)")
+        parser.add_argument("--store", required=True, help="the store: a Delta table directory (local or gs://)")
+        ModelSettings.add_arguments(parser)
+        parser.add_argument(
+            "--verify-content",
+            action="store_true",
+            help="read and hash every object, not only new or changed ones (for untrusted object metadata)",
+        )
+        parser.add_argument(
+            "--storage-option",
+            action="append",
+            metavar="KEY=VALUE",
+            help="delta-rs object-store option for the store (repeatable; GCS uses Application Default Credentials)",
+        )
+        args, beam_args = parser.parse_known_args(argv)
+        _check_count("--max-windows", args.max_windows, minimum=1)
+        model = ModelSettings.from_args(args)
+        if is_manifest(args.catalog):
+            raise ConfigError(
+                f"reembed needs a glob for --catalog (it compares the listing's size and modification "
+                f"time with the store), got the manifest {args.catalog!r}"
+            )
+        return cls(model, args.catalog, args.store, args.verify_content,
+                   tuple(sorted(storage_options(args.storage_option).items())), tuple(beam_args))
+
+
+def check_source(source: str) -> None:
+    """Refuses an input that names nothing: a manifest that is missing or lacks the
+    track_id/uri columns, or a glob that matches no file."""
+    if is_manifest(source):
+        if not fileio.exists(source):
+            raise ConfigError(f"manifest {source!r} does not exist")
+        if source.lower().endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            with fileio.open_read(source) as handle:
+                names = pq.read_schema(handle).names
+            missing = {"track_id", "uri"} - set(names)
+            if missing:
+                raise ConfigError(f"manifest {source!r} lacks column(s) {sorted(missing)}; columns are {names}")
+        return
+    found = local_glob.glob(source, recursive=True) if fileio.is_local(source) else fileio.glob(source)
+    if not found:
+        raise ConfigError(f"no files match {source!r}")
+
+
+def local_gpus() -> list[str]:
+    """NVIDIA devices of this machine, found without starting TensorFlow."""
+    return sorted(local_glob.glob("/dev/nvidia[0-9]*"))
+
+
+def check_time_budget(budget_s: float | None) -> None:
+    """The per-track time budget, refused unless None or a finite number > 0."""
+    if budget_s is not None and not 0 < budget_s < math.inf:
+        raise ConfigError(f"the per-track time budget must be a finite number > 0 s (or unset), got {budget_s}")
+
+
+def _check_count(flag: str, value: int | None, *, minimum: int) -> None:
+    if value is not None and value < minimum:
+        raise ConfigError(f"{flag} must be >= {minimum}, got {value}")
+
+
+def _add_time_budget(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--window-s", type=float, default=default.window_s, help=f"window length in seconds (default {default.window_s:g})"
-    )
-    parser.add_argument(
-        "--hop-s",
-        type=float,
-        default=default.hop_s,
-        help=f"hop between window centres in seconds (default {default.hop_s:g} = 0.5 Hz)",
-    )
-    parser.add_argument("--max-windows", type=int, default=None, help="embed at most this many windows per track")
-    parser.add_argument(
-        "--max-duration-s",
+        "--time-budget-s",
         type=float,
         default=None,
         metavar="S",
-        help="embed only the first S seconds of each track (with --audio the rest is never decoded; "
-        "recorded in each row's window_spec and duration_s; default: the whole track)",
+        help="seconds of work one track may take (decode, log-mel and, in embed, the model); a track "
+        "that takes longer is a dead letter 'timeout' with the time spent and the worker moves on "
+        "(default: no budget; a 10-hour track takes ~6 min of one core)",
     )
-    parser.add_argument(
-        "--aggregate", choices=AGGREGATES, default=default.aggregate, help=f"window pooling (default {default.aggregate})"
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=InferenceSpec.batch_size,
-        help=f"windows per model call (default {InferenceSpec.batch_size})",
-    )
-    parser.add_argument(
-        "--large-model", action="store_true", help="one model per machine shared by its worker processes (GPU workers)"
-    )
-    parser.add_argument("--model-copies", type=int, default=None, help="with --large-model: copies per machine")
-    parser.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default=InferenceSpec.engine,
-        help=f"inference engine (default {InferenceSpec.engine}; recorded in every row)",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=InferenceSpec.precision,
-        help="fp32, or bf16 on workers with bf16 units (AMX or AVX-512 BF16 CPUs; GPUs with --engine tf); "
-        "refused elsewhere. Recorded in every row.",
-    )
-    add_time_budget_argument(parser)
 
-
-def window_spec(args: argparse.Namespace, features: FeatureConfig) -> WindowSpec:
-    """The WindowSpec the options ask for, checked against the model's frame grid."""
-    spec = WindowSpec(
-        window_s=args.window_s,
-        hop_s=args.hop_s,
-        max_windows=args.max_windows,
-        aggregate=args.aggregate,
-        max_duration_s=args.max_duration_s,
-    )
-    spec.frames(features)
-    check_time_budget(args.time_budget_s)
-    return spec
-
-
-def inference_spec(args: argparse.Namespace, options: PipelineOptions) -> InferenceSpec:
-    return InferenceSpec(
-        batch_size=args.batch_size,
-        engine=args.engine,
-        precision=args.precision,
-        large_model=args.large_model,
-        model_copies=args.model_copies,
-        cpu_threads=threads_per_worker(options),
-    )

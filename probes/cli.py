@@ -20,7 +20,7 @@ from musicrep.probes.presets import (DEFAULT_GRID, PRESETS, TASKS, ProbePreset, 
                                      get_preset, parse_grid)
 from musicrep.probes.protocol import ProbeResult, ProbeSettings, run_probe
 from musicrep.probes.report import build_report, metric_label, write_predictions, write_report
-from musicrep.store.table import storage_options
+from musicrep.store.options import storage_options
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from musicrep.errors import ConfigError, MusicrepError
 from musicrep.labels import read_labels as read_label_table
 from musicrep.labels import split_tags
 from musicrep.manifest import read_manifest, resolve_files
-from musicrep.pipelines import schema
+from musicrep.contracts import schema
 from musicrep.probes.keys import N_KEYS, key_name, parse_key
 from musicrep.store import table as store_table
 
@@ -233,7 +233,7 @@ def _read_files(pattern: str) -> tuple[EmbeddingSource, list[tuple[str, pa.Table
 def _refuse_store_file(metadata: dict[bytes, bytes] | None, path: str) -> None:
     # A store's data/ folder holds superseded and uncommitted files until vacuum: only
     # its log says which rows are current.
-    if (metadata or {}).get(b"musicrep_schema", b"").decode() == store_table.STORE_SCHEMA_VERSION:
+    if (metadata or {}).get(b"musicrep_schema", b"").decode() == schema.STORE_SCHEMA_VERSION:
         root = path.rsplit(f"/{store_table.DATA_DIR}/", 1)[0]
         raise ConfigError(f"{path} is a data file of the store {root}: give --embeddings {root} "
                           "(read through its Delta log; its data/ folder also holds superseded rows)")

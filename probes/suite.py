@@ -37,7 +37,7 @@ from musicrep.fileio import read_text, write_text
 from musicrep.probes.data import list_model_ids
 from musicrep.probes.protocol import paired_difference
 from musicrep.probes.report import metric_label
-from musicrep.store.table import storage_options
+from musicrep.store.options import storage_options
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ import pyarrow as pa
 
 from musicrep import fileio
 from musicrep.errors import ConfigError
-from musicrep.pipelines.features import glob_prefix, is_manifest, track_id_for
-from musicrep.store.table import DATA_FILE, SOURCE_COLUMNS, SOURCE_FIELDS
+from musicrep.contracts.schema import SOURCE_FIELDS
+from musicrep.contracts.tracks import glob_prefix, is_manifest, track_id_for
+from musicrep.store.table import DATA_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -184,4 +185,4 @@ def _table(frame: pd.DataFrame, arrow_schema: pa.Schema) -> pa.Table:
     return pa.table(columns, schema=arrow_schema)
 
 
-__all__ = ["Plan", "list_catalog", "plan_run", "SOURCE_COLUMNS"]
+__all__ = ["Plan", "list_catalog", "plan_run"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from musicrep.store import maintenance, table
+from musicrep.store import maintenance
+from musicrep.store.options import storage_options
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    options = table.storage_options(args.storage_option)
+    options = storage_options(args.storage_option)
     if args.command == "compact":
         print(f"store compact: {json.dumps(maintenance.compact(args.store, options))}")
     elif args.command == "vacuum":

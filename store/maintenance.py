@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from musicrep import fileio
+from musicrep.contracts import schema
+from musicrep.contracts.layout import STAGING_DIR
 from musicrep.errors import ConfigError
 from musicrep.features.windows import WindowSpec
 from musicrep.store import table
@@ -22,7 +24,6 @@ logger = logging.getLogger(__name__)
 
 PREVIOUS_CURRENT = "current"
 PREVIOUS_RUNS = "runs.jsonl"
-STAGING_DIR = "_staging"
 # Rows of the previous format lack these columns: its reembed always used the default
 # windows (3 s at 0.5 Hz, every window, mean) and ran TensorFlow in float32. A run with
 # other settings recomputes them; `--engine tf --precision fp32` keeps them.
@@ -34,11 +35,13 @@ IMPORT_DEFAULTS = {
     "precision": "fp32",
 }
 
+
 def _open(store: str, options: dict[str, str] | None):
     delta = table.open_table(store, options)
     if delta is None:
         raise ConfigError(f"no store (Delta table) at {store}")
     return delta
+
 
 def compact(store: str, options: dict[str, str] | None = None) -> dict[str, Any]:
     """Merges small data files (e.g. many small nightly runs) into files of about
@@ -46,13 +49,15 @@ def compact(store: str, options: dict[str, str] | None = None) -> dict[str, Any]
     from deltalake.transaction import CommitProperties
 
     delta = _open(store, options)
-    size = table.embedding_size_of(delta) or 1728
-    target_bytes = table.ROWS_PER_FILE * (4 * size + 256)
+    size = table.embedding_size_of(delta)
+    if size is None:  # no data files: nothing to merge
+        return {"version": delta.version(), "numFilesAdded": 0, "numFilesRemoved": 0}
     metrics = delta.optimize.compact(
-        target_size=target_bytes,
+        target_size=table.ROWS_PER_FILE * schema.row_bytes(size),
         commit_properties=CommitProperties(custom_metadata={table.RUN_KEY: {"operation": "compact"}}),
     )
     return {"version": delta.version(), **{k: metrics[k] for k in ("numFilesAdded", "numFilesRemoved") if k in metrics}}
+
 
 def vacuum(store: str, *, retention_hours: float, dry_run: bool = False, options: dict[str, str] | None = None) -> list[str]:
     """Deletes files older than `retention_hours` that the table no longer references:
@@ -73,6 +78,7 @@ def vacuum(store: str, *, retention_hours: float, dry_run: bool = False, options
             fileio.remove_tree(fileio.join(store, run_dir))
     return sorted(removed) + staged
 
+
 def _staging_runs_older_than(store: str, cutoff_s: float) -> list[str]:
     """STAGING_DIR/RUN_ID folders (relative to STORE) whose newest file is older than the cutoff."""
     root = fileio.join(store, STAGING_DIR)
@@ -84,8 +90,10 @@ def _staging_runs_older_than(store: str, cutoff_s: float) -> list[str]:
         newest[run_id] = max(newest.get(run_id, 0.0), info.mtime_s)
     return sorted(f"{STAGING_DIR}/{run_id}" for run_id, mtime in newest.items() if mtime <= cutoff_s)
 
+
 def history(store: str, *, limit: int | None = None, options: dict[str, str] | None = None) -> list[dict[str, Any]]:
     return table.runs(_open(store, options), limit)
+
 
 def format_history(entries: list[dict[str, Any]]) -> str:
     lines = []
@@ -105,6 +113,7 @@ def format_history(entries: list[dict[str, Any]]) -> str:
         lines.append(f"v{entry['version']}  {when}  {entry['operation']:<14} {what}".rstrip())
     return "\n".join(lines)
 
+
 def import_previous(store: str, *, options: dict[str, str] | None = None) -> dict:
     """Turns a store of the previous format into the Delta table, once: its rows go into
     data/import-*/ with null source columns (so the next reembed run reads and hashes each
@@ -119,7 +128,7 @@ def import_previous(store: str, *, options: dict[str, str] | None = None) -> dic
         raise ConfigError(f"no {PREVIOUS_CURRENT}/embeddings-*.parquet under {store}: not a store of the previous format")
     rows = pa.concat_tables([pq.read_table(io.BytesIO(fileio.read_bytes(path))) for path in files])
     size = rows.schema.field("embedding").type.list_size
-    arrow_schema = table.table_schema(size)
+    arrow_schema = schema.store_schema(size)
     for field in arrow_schema:
         if field.name not in rows.column_names:
             value = IMPORT_DEFAULTS.get(field.name)

@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 
 from musicrep import fileio
 from musicrep.errors import ConfigError, MusicrepError
-from musicrep.pipelines import schema
+from musicrep.contracts import schema
+from musicrep.contracts.schema import index_columns, store_schema
 
 logger = logging.getLogger(__name__)
 
-STORE_SCHEMA_VERSION = "musicrep-store-1"
 # Every commit of a reembed run carries a Delta "txn" action with this app id: Delta's
 # conflict check then refuses a second run that read the same table version, where two
 # blind appends would otherwise both land and duplicate tracks.
@@ -38,26 +38,6 @@ DATA_DIR = "data"
 # are ~7 MB: 300 scattered removals rewrite ≤ 0.3 M rows (~2 GB) whatever the table size,
 # and a 10^8-row table is 10^5 files, which Delta's checkpoints list in one Parquet file.
 ROWS_PER_FILE = 1_000
-# Source-object columns: what the catalog listing reports. Change detection compares
-# size and the GCS generation (every overwrite gets a new one), or the mtime where there
-# is no generation (local disks).
-SOURCE_FIELDS = (
-    pa.field("source_size_bytes", pa.int64()),
-    pa.field("source_mtime_s", pa.float64()),
-    pa.field("source_generation", pa.int64()),
-    pa.field("source_crc32c", pa.string()),
-    pa.field("source_md5", pa.string()),
-)
-SOURCE_COLUMNS = tuple(field.name for field in SOURCE_FIELDS)
-# Columns that say how an embedding was made: any difference from the run's settings
-# makes the row stale.
-CONFIG_COLUMNS = (
-    "model_id",
-    "feature_config_sha256",
-    "window_spec",
-    "precision",
-    "engine",
-)
 DATA_FILE = "data_file"  # index column: the data file (relative to STORE) holding the row
 
 
@@ -73,35 +53,6 @@ class DataFile:
     size_bytes: int
     num_rows: int
     modified_ms: int
-
-
-def table_schema(embedding_size: int) -> pa.Schema:
-    """The embedding schema (musicrep.pipelines.schema) plus the source-object columns."""
-    embedding = schema.embedding_schema(embedding_size)
-    return pa.schema(list(embedding) + list(SOURCE_FIELDS), metadata={"musicrep_schema": STORE_SCHEMA_VERSION})
-
-
-def config_columns(arrow_schema: pa.Schema) -> tuple[str, ...]:
-    return tuple(name for name in CONFIG_COLUMNS if name in arrow_schema.names)
-
-
-def index_columns(arrow_schema: pa.Schema) -> list[str]:
-    """What change detection reads of every row: never the embedding."""
-    return ["track_id", "uri", "content_sha256", *SOURCE_COLUMNS, *config_columns(arrow_schema)]
-
-
-def storage_options(pairs: list[str] | None) -> dict[str, str]:
-    """`KEY=VALUE` strings (CLI --storage-option) → delta-rs object-store options.
-
-    On GCS delta-rs finds Application Default Credentials itself; options are for other
-    set-ups (e.g. `google_service_account=/path/key.json`)."""
-    options = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"a storage option is KEY=VALUE, got {pair!r}")
-        options[key.strip()] = value
-    return options
 
 
 def table_uri(store: str) -> str:
@@ -142,10 +93,10 @@ def create_table(store: str, embedding_size: int, options: dict[str, str] | None
     fileio.mkdirs(store)
     return DeltaTable.create(
         table_uri(store),
-        schema=table_schema(embedding_size),
+        schema=store_schema(embedding_size),
         mode="ignore",  # a concurrent first run created it: use theirs
         name="musicrep_embeddings",
-        description=f"one embedding per catalog track ({STORE_SCHEMA_VERSION})",
+        description=f"one embedding per catalog track ({schema.STORE_SCHEMA_VERSION})",
         storage_options=options or None,
     )
 

@@ -31,7 +31,10 @@ def _write_wav(path, *, seconds: float = 1.0, rate: int = 16000) -> None:
 
 
 def test_an_option_nobody_knows_stops_embed_before_any_work(tmp_path, capsys):
+    from musicrep.pipelines.synthetic import write_synthetic_export
+
     out = tmp_path / "out"
+    write_synthetic_export(str(tmp_path / "m"), model_id="m")  # the sidecar is checked first
     code = cli.main(["embed", "--features", str(tmp_path / "x-*"), "--model", str(tmp_path / "m"),
                      "--output", str(out), "--hopp-s", "1"])
     assert code == 2

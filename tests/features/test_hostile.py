@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from musicrep.features.config import DEFAULT_FEATURE_CONFIG
-from musicrep.features.shards import FeatureRecord
+from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG
+from musicrep.contracts.shards import FeatureRecord
 from musicrep.pipelines.features import ComputeLogMel
 
 SEED = 17

@@ -6,7 +6,7 @@ import tensorflow as tf
 from musicrep.errors import RecordError
 import dataclasses
 
-from musicrep.features.shards import (
+from musicrep.contracts.shards import (
     SCHEMA_VERSION,
     FeatureRecord,
     parse_example,

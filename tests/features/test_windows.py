@@ -69,7 +69,7 @@ def test_window_spec_refuses_settings_that_give_no_windows(settings, match):
 
 
 def test_window_spec_frames_follow_the_front_end():
-    from musicrep.features.config import FeatureConfig
+    from musicrep.contracts.feature_config import FeatureConfig
 
     assert WindowSpec().frames() == (300, 200)
     assert WindowSpec(window_s=1.0, hop_s=1.0).frames(FeatureConfig(hop_samples=320)) == (50, 50)

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from musicrep.errors import MusicrepError
-from musicrep.features.config import DEFAULT_FEATURE_CONFIG
+from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG
 from musicrep.model import SF_NFNET_VARIANTS, load, projector, read_metadata, save
 from musicrep.model import cli
 from musicrep.model.export import SIDECAR_FILE, compute_model_id
+from musicrep.model.sf_nfnet import SFNFNetConfig
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def test_sidecar_describes_the_model(tiny_model, tiny_export):
     assert metadata.n_parameters == tiny_model.count_params()
     assert metadata.feature_config_sha256 == DEFAULT_FEATURE_CONFIG.sha256()
     assert metadata.features == DEFAULT_FEATURE_CONFIG
-    assert metadata.sf_nfnet_config == SF_NFNET_VARIANTS["tiny"]
+    assert SFNFNetConfig.from_dict(metadata.config) == SF_NFNET_VARIANTS["tiny"]
     assert (metadata.n_mels, metadata.min_frames) == (96, 16)
     # model_id recomputed from its definition: sha256 of the config JSON, then of each
     # weight's path, shape (scalars as (1,)) and float32 little-endian bytes.

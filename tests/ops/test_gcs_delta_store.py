@@ -22,7 +22,7 @@ from musicrep.cli import main
 from musicrep.pipelines import commit as run_commit
 from musicrep.pipelines import reembed
 from musicrep.store import table
-from musicrep.store.synthetic import SyntheticEmbedding, write_synthetic_export
+from musicrep.pipelines.synthetic import SyntheticEmbedding, write_synthetic_export
 from store_support import IN_MEMORY, object_bytes, sha256_of
 
 FAKE_GCS_MODULE = "github.com/fsouza/fake-gcs-server@v1.56.1"

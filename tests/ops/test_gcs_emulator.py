@@ -178,7 +178,7 @@ def _write_tone_wav(path, freq_hz: float, seconds: float, rate_hz: int = 22050) 
 
 
 def _feature_records(urls: list[str]) -> dict[str, tuple]:
-    from musicrep.features import parse_record
+    from musicrep.contracts.shards import parse_record
 
     records = {}
     for url in urls:

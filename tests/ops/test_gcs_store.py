@@ -17,7 +17,7 @@ from deltalake import DeltaTable
 
 from musicrep.pipelines import reembed
 from musicrep.store import changes, table
-from musicrep.store.synthetic import SyntheticEmbedding, write_synthetic_export
+from musicrep.pipelines.synthetic import SyntheticEmbedding, write_synthetic_export
 from store_support import IN_MEMORY, object_bytes, sha256_of
 
 

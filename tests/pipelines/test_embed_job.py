@@ -21,8 +21,9 @@ from musicrep.manifest import read_manifest
 from musicrep.pipelines import embed as embed_job
 from musicrep.pipelines import embed_transforms
 from musicrep.pipelines import features as features_job
-from musicrep.pipelines import schema
-from musicrep.pipelines.inference import EmbeddingModelHandler, InferenceSpec, TrackWindows, iterate_batches
+from musicrep.contracts import schema
+from musicrep.pipelines.inference import EmbeddingModelHandler, TrackWindows, iterate_batches
+from musicrep.pipelines.settings import InferenceSpec
 
 IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
 TWO_PROCESSES = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
@@ -146,21 +147,21 @@ def test_rerun_gives_the_same_rows(shards, embedded, tiny_model_uri, tmp_path):
     np.testing.assert_allclose(np.stack(first["embedding"]), np.stack(second["embedding"]), atol=1e-6)
 
 
-def test_skip_existing_recomputes_only_new_or_changed_tracks(catalog, embedded, tiny_model_uri, tmp_path, capsys):
+def test_skip_existing_recomputes_only_new_or_changed_tracks(catalog, embedded, tiny_model_uri, tmp_path):
     changed = tmp_path / "catalog"
     shutil.copytree(catalog, changed)
     write_audio(str(changed / "b.flac"), tone(300, 3.0, 44100), 44100)  # changed content
     write_audio(str(changed / "e.flac"), tone(500, 4.0, 44100), 44100)  # new track
     os.remove(changed / "d.flac")  # gone from the catalog
     out = str(tmp_path / "next")
-    capsys.readouterr()
-    embed_job.run(
+    result = embed_job.run(
         ["--audio", f"{changed}/**/*.*", "--model", tiny_model_uri, "--output", out,
          "--skip-existing", embedded, *IN_MEMORY]
     )
-    summary = capsys.readouterr().out
     # b and e are computed (2 + 1 windows); a and sub/c are copied; blip fails again.
-    assert "5 tracks read, 2 embedded, 2 unchanged (copied), 1 failed; 3 windows" in summary
+    assert (result.tracks_in, result.tracks_out, result.tracks_failed) == (5, 4, 1)
+    assert (result.counts["carried"], result.counts["windows_embedded"]) == (2, 3)
+    assert "5 tracks read, 2 embedded, 2 unchanged (copied), 1 failed; 3 windows" in result.summary
     before, after = read_embeddings(embedded), read_embeddings(out)
     assert sorted(after.index) == ["a", "b", "e", "sub/c"]
     for track_id in ("a", "sub/c"):
@@ -211,8 +212,8 @@ def test_per_window_rows_and_bad_records_are_dead_letters(shards, tiny_model_uri
     another mel size become dead letters next to the good tracks."""
     import tensorflow as tf
 
-    from musicrep.features.config import DEFAULT_FEATURE_CONFIG
-    from musicrep.features.shards import FeatureRecord, serialize_record
+    from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG
+    from musicrep.contracts.shards import FeatureRecord, serialize_record
 
     extra = tmp_path / "extra"
     extra.mkdir()
@@ -282,8 +283,8 @@ def test_a_truncated_shard_gives_the_tracks_before_the_damage_and_one_dead_lette
     assert 0 < complete < len(records)
 
     out = str(tmp_path / "out")
-    assert embed_job.run(["--features", str(shard), "--model", tiny_model_uri, "--output", out, *IN_MEMORY]) == 0
-    from musicrep.features import parse_record
+    result = embed_job.run(["--features", str(shard), "--model", tiny_model_uri, "--output", out, *IN_MEMORY])
+    from musicrep.contracts.shards import parse_record
 
     expected = {parse_record(r).track_id for r in records[:complete]}
     errors = read_errors(out)
@@ -293,7 +294,7 @@ def test_a_truncated_shard_gives_the_tracks_before_the_damage_and_one_dead_lette
     too_short = {e["track_id"] for e in errors if e["stage"] == "too_short"}
     assert set(read_embeddings(out).index) | too_short == expected
     # Every complete record is a row or a dead letter, and the damaged shard one more.
-    assert f"{complete + 1} tracks read" in capsys.readouterr().out
+    assert result.tracks_in == complete + 1 and result.summary.startswith(f"embed: {complete + 1} tracks read")
 
 
 def _complete_records(truncated_gzip: bytes) -> int:

@@ -4,7 +4,9 @@ track's whole log-mel, every window cut at once, one mean) and against each othe
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
+import os
 
 import numpy as np
 import pytest
@@ -15,8 +17,8 @@ import musicrep.model
 from audio_files import tone, write_audio
 from job_outputs import read_dead_letters, read_embeddings
 from musicrep.features import decode, log_mel
-from musicrep.features.config import DEFAULT_FEATURE_CONFIG
-from musicrep.features.shards import FeatureRecord, serialize_record
+from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG
+from musicrep.contracts.shards import FeatureRecord, serialize_record
 from musicrep.features.windows import cut_windows, window_starts
 from musicrep.pipelines import embed as embed_job
 
@@ -97,8 +99,11 @@ def test_segmented_shards_embed_as_one_array_and_as_version_1_shards(catalog, ti
     outputs = {}
     for name, shard in (("seg", segmented), ("old", old)):
         out = str(tmp_path / f"out-{name}")
-        assert embed_job.run(["--features", str(shard), "--model", tiny_model_uri, "--output", out, *BATCH, *IN_MEMORY]) == 0
+        result = embed_job.run(["--features", str(shard), "--model", tiny_model_uri, "--output", out, *BATCH, *IN_MEMORY])
         outputs[name] = read_embeddings(out)
+        assert (result.tracks_in, result.tracks_out, result.tracks_failed) == (len(DURATIONS_S), len(DURATIONS_S), 0)
+        written = glob.glob(f"{out}/embeddings-*.parquet") + glob.glob(f"{out}/errors-*.jsonl")
+        assert sorted(result.committed) == sorted(os.path.basename(p) for p in written)
     for track_id in DURATIONS_S:
         expected, n_windows = bare_embedding(model, whole_log_mel(catalog / f"{track_id}.flac"))
         for table in outputs.values():
@@ -115,8 +120,10 @@ def test_max_duration_embeds_the_first_seconds_on_both_paths(catalog, tiny_model
     write_shard(shard, records_of(catalog, segment_frames=777))
     cap = ["--max-duration-s", "20"]
     fused, staged = str(tmp_path / "fused"), str(tmp_path / "staged")
-    assert embed_job.run(["--audio", f"{catalog}/*.flac", "--model", tiny_model_uri, "--output", fused, *cap, *BATCH, *IN_MEMORY]) == 0
-    assert embed_job.run(["--features", str(shard), "--model", tiny_model_uri, "--output", staged, *cap, *BATCH, *IN_MEMORY]) == 0
+    for out, source in ((fused, ["--audio", f"{catalog}/*.flac"]), (staged, ["--features", str(shard)])):
+        result = embed_job.run([*source, "--model", tiny_model_uri, "--output", out, *cap, *BATCH, *IN_MEMORY])
+        assert result.tracks_out == len(DURATIONS_S) and result.counts["windows_embedded"] == sum(
+            read_embeddings(out)["n_windows"])
     first_20_s = whole_log_mel(catalog / "long.flac")[: 1 + 20 * 100]
     expected, n_windows = bare_embedding(model, first_20_s)
     for out in (fused, staged):
@@ -132,9 +139,10 @@ def test_max_duration_embeds_the_first_seconds_on_both_paths(catalog, tiny_model
 
 def test_a_track_over_its_time_budget_is_a_timeout_dead_letter(catalog, tiny_model_uri, tmp_path):
     out = str(tmp_path / "out")
-    assert embed_job.run(
+    result = embed_job.run(
         ["--audio", f"{catalog}/*.flac", "--model", tiny_model_uri, "--output", out, "--time-budget-s", "1e-6", *IN_MEMORY]
-    ) == 0
+    )
+    assert (result.tracks_in, result.tracks_out, result.tracks_failed) == (2, 0, 2)
     errors = read_dead_letters(out)
     assert sorted((e["track_id"], e["stage"], e["error_type"]) for e in errors) == [
         ("long", "timeout", "TrackTimeoutError"), ("short", "timeout", "TrackTimeoutError")

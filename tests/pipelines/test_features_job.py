@@ -20,9 +20,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from audio_files import tone, write_audio
 from job_outputs import assert_only_committed, committed, read_dead_letters
 from musicrep.errors import ConfigError
-from musicrep.features import decode, log_mel, parse_record, read_shards
-from musicrep.features.config import DEFAULT_FEATURE_CONFIG
+from musicrep.contracts.shards import parse_record, read_shards
+from musicrep.features import decode, log_mel
+from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG
 from musicrep.features.stream import SEGMENT_FRAMES
+from musicrep.contracts import tracks
 from musicrep.pipelines import features as job
 
 RUNNER_ARGS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
@@ -116,11 +118,16 @@ def _write_float_wav(path: str, samples: np.ndarray, rate_hz: int) -> None:
 
 def test_job_writes_features_equal_to_the_bare_functions(good_catalog, tmp_path):
     out = str(tmp_path / "out")
-    assert job.run(["--input", f"{good_catalog}/**", "--output", out, "--shards", "2", "--dtype", "float32", *RUNNER_ARGS]) == 0
+    result = job.run(["--input", f"{good_catalog}/**", "--output", out, "--shards", "2", "--dtype", "float32", *RUNNER_ARGS])
     records, errors = read_outputs(out)
     assert errors == []
     assert sorted(records) == ["Café del mar", "a", "d", "sub/b"]
     assert len(committed(out, "features")) == 2
+    assert (result.job, result.tracks_in, result.tracks_out, result.tracks_failed) == ("features", 4, 4, 0)
+    files = committed(out, "features") + committed(out, "errors")
+    assert sorted(result.committed) == sorted(os.path.basename(p) for p in files) and len(files) == 3
+    assert result.run_id in result.committed[0] and result.seconds > 0
+    assert result.summary.startswith("features: 4 tracks read, 4 written, 0 failed")
     for path in glob.glob(f"{good_catalog}/**/*.*", recursive=True):
         track_id = os.path.splitext(os.path.relpath(path, good_catalog))[0]
         record = records[track_id]
@@ -136,9 +143,9 @@ def test_job_writes_features_equal_to_the_bare_functions(good_catalog, tmp_path)
         assert json.loads(record.feature_config) == json.loads(DEFAULT_FEATURE_CONFIG.to_json())
 
 
-def test_bad_inputs_are_written_or_dead_lettered_and_counts_add_up(bad_catalog, tmp_path, capsys):
+def test_bad_inputs_are_written_or_dead_lettered_and_counts_add_up(bad_catalog, tmp_path):
     out = str(tmp_path / "out")
-    job.run(["--input", f"{bad_catalog}/*", "--output", out, *RUNNER_ARGS])
+    result = job.run(["--input", f"{bad_catalog}/*", "--output", out, *RUNNER_ARGS])
     records, errors = read_outputs(out)
     inputs = {os.path.splitext(name)[0] for name in os.listdir(bad_catalog)}
     failed = {error["track_id"]: error for error in errors}
@@ -159,8 +166,8 @@ def test_bad_inputs_are_written_or_dead_lettered_and_counts_add_up(bad_catalog, 
     np.testing.assert_array_equal(records["long"].log_mel, long_log_mel.astype(np.float16).astype(np.float32))
     # Eight tones summed: louder than one channel could be (SPEC §1's channel sum).
     assert records["eight channels 96k"].log_mel.max() > 0
-    summary = capsys.readouterr().out
-    assert f"{len(inputs)} tracks read, {len(records)} written, {len(failed)} failed" in summary
+    assert (result.tracks_in, result.tracks_out, result.tracks_failed) == (len(inputs), len(records), len(failed))
+    assert f"{len(inputs)} tracks read, {len(records)} written, {len(failed)} failed" in result.summary
 
 
 def test_manifest_with_duplicate_ids_dead_letters_the_extra_uri(good_catalog, tmp_path):
@@ -260,7 +267,7 @@ def test_keep_one_uri_per_track_called_directly():
     ],
 )
 def test_track_id_is_the_path_below_the_glob_prefix_without_extension(pattern, path, expected):
-    assert job.track_id_for(path, job.glob_prefix(pattern)) == expected
+    assert tracks.track_id_for(path, tracks.glob_prefix(pattern)) == expected
 
 
 def test_launcher_refuses_an_input_that_names_nothing(tmp_path):

@@ -9,8 +9,9 @@ from audio_files import tone, write_audio
 from musicrep.errors import ConfigError
 from musicrep.model import engines
 from musicrep.pipelines import embed as embed_job
-from musicrep.pipelines import schema
-from musicrep.pipelines.inference import EmbeddingModelHandler, InferenceSpec, TrackWindows, iterate_batches
+from musicrep.contracts import schema
+from musicrep.pipelines.inference import EmbeddingModelHandler, TrackWindows, iterate_batches
+from musicrep.pipelines.settings import InferenceSpec
 
 IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
 

@@ -41,8 +41,9 @@ def test_only_changes_are_read_and_committed_in_one_transaction(tmp_path, tiny_m
         write_audio(str(catalog / f"t{i}.flac"), tone(freq, 5.0, 44100), 44100)
     args = ["--catalog", f"{catalog}/*.flac", "--model", tiny_model_uri, "--store", store, *IN_MEMORY]
 
-    reembed.run(args)
+    result = reembed.run(args)
     first = rows(store)
+    assert (result.job, result.tracks_in, result.tracks_out, result.tracks_failed, result.table_version) == ("reembed", 3, 3, 0, 1)
     assert sorted(first.index) == ["t0", "t1", "t2"]
     assert DeltaTable(store).version() == 1  # 0: create, 1: the run
     run = last_run(store)
@@ -54,15 +55,16 @@ def test_only_changes_are_read_and_committed_in_one_transaction(tmp_path, tiny_m
     assert first["source_generation"].isna().all()  # no generations on a local disk
     assert (first["window_s"] == 3.0).all() and (first["hop_s"] == 2.0).all()
 
-    reembed.run(args)  # nothing changed: nothing read, no commit
+    result = reembed.run(args)  # nothing changed: nothing read, no commit
     assert DeltaTable(store).version() == 1
-    assert "all unchanged: nothing read, nothing committed (store version 1)" in capsys.readouterr().out
+    assert (result.run_id, result.tracks_in, result.table_version) == (None, 0, 1)
+    assert "all unchanged: nothing read, nothing committed (store version 1)" in result.summary
 
     write_audio(str(catalog / "t1.flac"), tone(370.0, 5.0, 44100), 44100)  # new bytes
     os.remove(catalog / "t2.flac")
     shutil.copy(catalog / "t0.flac", catalog / "t3.flac")
     os.utime(catalog / "t0.flac", (1_700_000_000, 1_700_000_000))  # same bytes, new mtime
-    reembed.run(args)
+    result = reembed.run(args)
     assert DeltaTable(store).version() == 2  # one commit for adds, rewrites and removals
     after = rows(store)
     assert sorted(after.index) == ["t0", "t1", "t3"]
@@ -78,7 +80,9 @@ def test_only_changes_are_read_and_committed_in_one_transaction(tmp_path, tiny_m
     assert after.loc["t1", "content_sha256"] != first.loc["t1", "content_sha256"]
     np.testing.assert_allclose(after.loc["t3", "embedding"], first.loc["t0", "embedding"], atol=1e-6)
     assert sorted(rows(store, version=1).index) == ["t0", "t1", "t2"]  # time travel: the old snapshot
-    out = capsys.readouterr().out
+    out = result.summary
+    assert (result.tracks_in, result.tracks_out, result.table_version) == (3, 2, 2)
+    assert result.counts["tracks_content_unchanged"] == 1 and result.counts["rows_rewritten"] == 1
     assert "3 tracks listed: 1 new, 2 changed, 0 stale, 1 deleted, 0 unchanged" in out
     assert "committed store version 2" in out
     assert not os.listdir(os.path.join(store, "_staging"))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
-from musicrep.features.shards import FeatureRecord, serialize_record
+from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
+from musicrep.contracts.shards import FeatureRecord, serialize_record
 
 SHARD_NAME = "features-{index:05d}-of-{count:05d}.tfrecord.gz"
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from musicrep import cli
 from musicrep.errors import ConfigError
-from musicrep.features.config import FeatureConfig
+from musicrep.contracts.feature_config import FeatureConfig
 from musicrep.model import NonFiniteLossError, TrainConfig, load, read_metadata, train
 from musicrep.model.pretrain import run as pretrain_run
 

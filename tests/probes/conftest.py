@@ -14,7 +14,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from musicrep.pipelines.schema import SCHEMA_VERSION
+from musicrep.contracts.schema import SCHEMA_VERSION
 from musicrep.probes.keys import key_name
 
 DIM = 16

@@ -19,7 +19,7 @@ from musicrep.pipelines import commit as run_commit
 from musicrep.pipelines import reembed
 from musicrep.probes.data import list_model_ids, read_embeddings
 from musicrep.store import table as store_table
-from musicrep.store.synthetic import SyntheticEmbedding, synthetic_embedding, write_synthetic_export
+from musicrep.pipelines.synthetic import SyntheticEmbedding, synthetic_embedding, write_synthetic_export
 
 FAST = ["--grid", "lr=3e-3,steps=40,l2=0", "--warmup-steps", "5", "--bootstrap", "20", "--seeds", "1"]
 SIZE = 8
@@ -27,7 +27,8 @@ SIZE = 8
 
 def _reembed(catalog, store: str, model: str) -> None:
     argv = ["--catalog", f"{catalog}/*.bin", "--model", model, "--store", store, *IN_MEMORY]
-    assert reembed.run(argv, make_compute=functools.partial(SyntheticEmbedding)) == 0
+    result = reembed.run(argv, make_compute=functools.partial(SyntheticEmbedding))
+    assert result.tracks_failed == 0 and result.table_version is not None
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Fixtures of the store tests: a catalog of small objects and a sidecar-only model, so
-reembed runs with the model-free compute step (musicrep.store.synthetic)."""
+reembed runs with the model-free compute step (musicrep.pipelines.synthetic)."""
 from __future__ import annotations
 
 import functools
@@ -9,7 +9,7 @@ import pytest
 
 
 from musicrep.pipelines import reembed
-from musicrep.store.synthetic import SyntheticEmbedding, write_synthetic_export
+from musicrep.pipelines.synthetic import SyntheticEmbedding, write_synthetic_export
 
 from store_support import EMBEDDING_SIZE, IN_MEMORY
 

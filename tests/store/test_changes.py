@@ -5,10 +5,11 @@ import pyarrow as pa
 import pytest
 
 from musicrep.errors import ConfigError
+from musicrep.contracts import schema
 from musicrep.store import changes, table
 from musicrep.store.changes import LISTING_SCHEMA
 
-CONFIG_COLUMNS = table.config_columns(table.table_schema(4))
+CONFIG_COLUMNS = schema.config_columns(schema.store_schema(4))
 ALL_SETTINGS = {
     "model_id": "m1", "feature_config_sha256": "f1", "window_spec": "w1", "precision": "p1", "engine": "e1",
 }
@@ -24,8 +25,8 @@ def listing(*rows) -> pa.Table:
 
 
 def index(*rows) -> pa.Table:
-    arrow_schema = table.table_schema(4)
-    columns = table.index_columns(arrow_schema)
+    arrow_schema = schema.store_schema(4)
+    columns = schema.index_columns(arrow_schema)
     fields = [arrow_schema.field(c) for c in columns] + [pa.field(table.DATA_FILE, pa.string())]
     records = []
     for track_id, uri, size, mtime, generation, data_file, settings in rows:

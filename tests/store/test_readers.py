@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 from store_support import write_objects
-from musicrep.store.synthetic import synthetic_embedding, write_synthetic_export
+from musicrep.pipelines.synthetic import synthetic_embedding, write_synthetic_export
 
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 

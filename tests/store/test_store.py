@@ -16,7 +16,7 @@ from store_support import EMBEDDING_SIZE, object_bytes, sha256_of, write_objects
 from musicrep.cli import main
 from musicrep.pipelines import commit as run_commit
 from musicrep.store import table
-from musicrep.store.synthetic import synthetic_embedding
+from musicrep.pipelines.synthetic import synthetic_embedding
 
 
 def snapshot(store: str, version: int | None = None) -> pd.DataFrame:
@@ -112,7 +112,7 @@ def test_a_store_of_the_previous_format_is_imported_once(tmp_path, run_store, sy
     catalog, store = tmp_path / "catalog", tmp_path / "store"
     write_objects(catalog, ["a", "b"])
     from musicrep.model.export import read_metadata
-    from musicrep.pipelines import schema
+    from musicrep.contracts import schema
 
     metadata = read_metadata(synthetic_model)
     old = []

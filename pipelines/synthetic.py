@@ -18,8 +18,9 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from musicrep import fileio
-from musicrep.pipelines import schema
-from musicrep.pipelines.options import METRICS_NAMESPACE
+from musicrep.contracts import schema
+from musicrep.contracts.layout import METRICS_NAMESPACE
+from musicrep.pipelines.outputs import WriteSideFile
 
 
 def synthetic_embedding(content_sha256: str, size: int) -> np.ndarray:
@@ -76,12 +77,7 @@ class SyntheticEmbedding(beam.PTransform):
             _HashAndEmbed(self.settings, self.embedding_size), known=beam.pvalue.AsDict(inputs["known"])
         ).with_outputs("unchanged", "bytes", main="rows")
         if self.bytes_read_path:
-            _ = (
-                done.bytes
-                | "SumBytes" >> beam.CombineGlobally(sum)
-                | "Format" >> beam.Map(str)
-                | "WriteBytes" >> beam.io.WriteToText(self.bytes_read_path, shard_name_template="")
-            )
+            _ = done.bytes | "WriteBytesRead" >> WriteSideFile.total(self.bytes_read_path, int)
         errors = inputs["tracks"].pipeline | "NoErrors" >> beam.Create([])
         return {"rows": done.rows, "errors": errors, "unchanged": done.unchanged}
 
@@ -91,8 +87,8 @@ def write_synthetic_export(uri: str, *, model_id: str, embedding_size: int = 172
     (model id, front end, embedding size). Only a model-free compute step can run with it."""
     import json
 
-    from musicrep.features.config import DEFAULT_FEATURE_CONFIG
-    from musicrep.model.export import SIDECAR_FILE, ExportMetadata
+    from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG
+    from musicrep.contracts.sidecar import ExportMetadata, sidecar_uri
     from musicrep.model.sf_nfnet import MIN_FRAMES, N_MELS
 
     metadata = ExportMetadata(
@@ -106,4 +102,4 @@ def write_synthetic_export(uri: str, *, model_id: str, embedding_size: int = 172
         n_parameters=0,
         source="synthetic",
     )
-    fileio.write_text(fileio.join(uri, SIDECAR_FILE), metadata.to_json())
+    fileio.write_text(sidecar_uri(uri), metadata.to_json())
