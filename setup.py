@@ -7,7 +7,7 @@ import setuptools
 
 SUBPACKAGES = ("contracts", "features", "model", "pipelines", "probes", "store")
 
-# Versions verified to install and run together on Python 3.11 (see README, "Versions").
+# Versions verified to install and run together on Python 3.11 (see docs/index.md, "Versions").
 INSTALL_REQUIRES = [
     "apache-beam[gcp]==2.77.0",
     "tensorflow==2.21.0",

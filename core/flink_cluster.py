@@ -182,7 +182,7 @@ class ClusterSpec:
     jobmanager_memory: str = "1600m"
     network_memory: str = "256mb"
     restart_attempts: int = 3
-    # Longer than the jobs' --environment_cache_millis (the README says so): a restarted
+    # Longer than the jobs' --environment_cache_millis (docs/runners.md says so): a restarted
     # job must find the harnesses of the failed attempt released, not reuse a dead one.
     restart_delay_s: int = 10
     # Beam's runner on the TaskManagers' class path (loaded parent-first). Beam 2.50's

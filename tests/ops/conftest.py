@@ -17,8 +17,8 @@ environment variables, and creates one bucket. Nothing leaves the loopback inter
 
 TensorFlow's own GCS filesystem (``tf.io.gfile`` on gs://) has its endpoints compiled in
 (``https://www.googleapis.com/storage/v1/``) and no emulator override, so it cannot be
-tested here: code that must work on gs:// reads through Beam's FileSystems (see README,
-"Running on Dataflow").
+tested here: code that must work on gs:// reads through Beam's FileSystems (see
+docs/runners.md, "Running on Dataflow").
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The README's store reader snippets (deltalake/pandas, Polars, DuckDB, nearest neighbours)
-run against a real store."""
+"""The store reader snippets of docs/outputs.md ("Reading the store": deltalake/pandas, Polars,
+DuckDB, nearest neighbours) run against a real store."""
 from __future__ import annotations
 
 import pathlib
@@ -10,16 +10,16 @@ import numpy as np
 from store_support import write_objects
 from musicrep.pipelines.synthetic import synthetic_embedding, write_synthetic_export
 
-README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+READERS_PAGE = pathlib.Path(__file__).resolve().parents[2] / "docs" / "outputs.md"
 
 
 def reader_snippets() -> list[str]:
-    text = README.read_text()
+    text = READERS_PAGE.read_text()
     section = text[text.index("<!-- store-readers:begin -->") : text.index("<!-- store-readers:end -->")]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
-def test_readme_reader_snippets_read_the_store(tmp_path, run_store):
+def test_docs_reader_snippets_read_the_store(tmp_path, run_store):
     model = str(tmp_path / "model-1728")
     write_synthetic_export(model, model_id="synthetic-1728", embedding_size=1728)
     catalog, store = tmp_path / "catalog", str(tmp_path / "store")
@@ -32,7 +32,7 @@ def test_readme_reader_snippets_read_the_store(tmp_path, run_store):
     assert len(snippets) == 4
     namespace: dict = {}
     for snippet in snippets:
-        exec(compile(snippet.replace("gs://BUCKET/store", store), str(README), "exec"), namespace)  # noqa: S102
+        exec(compile(snippet.replace("gs://BUCKET/store", store), str(READERS_PAGE), "exec"), namespace)  # noqa: S102
 
     frame, X = namespace["frame"], namespace["X"]
     assert X.shape == (13, 1728) and X.dtype == np.float32
