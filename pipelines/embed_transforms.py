@@ -26,7 +26,8 @@ from musicrep.contracts.layout import METRICS_NAMESPACE
 from musicrep.errors import RecordError, TooShortError
 from musicrep.contracts.feature_config import FeatureConfig
 from musicrep.contracts.shards import DamagedShardError, FeatureRecord, iterate_shard_records, parse_record
-from musicrep.features.windows import OnlinePool, WindowChunk, WindowSpec, WindowStream
+from musicrep.contracts.window_spec import WindowSpec
+from musicrep.features.windows import OnlinePool, WindowChunk, WindowStream
 from musicrep.pipelines.inference import EmbeddingModelHandler, TrackWindows
 from musicrep.pipelines.settings import InferenceSpec
 from musicrep.pipelines.features import StreamTrack, TrackInProgress

@@ -42,7 +42,7 @@ from apache_beam.metrics import Metrics
 from musicrep import fileio
 from musicrep.contracts import schema
 from musicrep.contracts.layout import METRICS_NAMESPACE
-from musicrep.features.windows import WindowSpec
+from musicrep.contracts.window_spec import WindowSpec
 from musicrep.pipelines import commit as run_commit
 from musicrep.pipelines import launch
 from musicrep.pipelines.embed import embed_pipeline_options

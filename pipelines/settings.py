@@ -18,7 +18,7 @@ from musicrep import fileio
 from musicrep.contracts.sidecar import ExportMetadata, read_metadata
 from musicrep.contracts.tracks import is_manifest
 from musicrep.errors import ConfigError
-from musicrep.features.windows import AGGREGATES, WindowSpec
+from musicrep.contracts.window_spec import AGGREGATES, WindowSpec
 from musicrep.model.engines import ENGINES, PRECISIONS, check_names, check_precision
 from musicrep.store.options import storage_options
 

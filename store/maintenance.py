@@ -17,7 +17,7 @@ from musicrep import fileio
 from musicrep.contracts import schema
 from musicrep.contracts.layout import STAGING_DIR
 from musicrep.errors import ConfigError
-from musicrep.features.windows import WindowSpec
+from musicrep.contracts.window_spec import WindowSpec
 from musicrep.store import table
 
 logger = logging.getLogger(__name__)

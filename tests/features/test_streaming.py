@@ -11,7 +11,8 @@ from musicrep.features import decode, log_mel
 from musicrep.features.audio import decode_chunks
 from musicrep.features.log_mel import LogMelStream
 from musicrep.features.stream import Segmenter, Stopwatch, TrackLogMel
-from musicrep.features.windows import OnlinePool, WindowSpec, WindowStream, cut_windows, window_starts
+from musicrep.contracts.window_spec import WindowSpec
+from musicrep.features.windows import OnlinePool, WindowStream, cut_windows, window_starts
 
 
 def _pieces(array: np.ndarray, rng, most: int):

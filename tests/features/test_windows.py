@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from musicrep.errors import ConfigError, TooShortError
-from musicrep.features.windows import WindowSpec, cut_windows, window_starts
+from musicrep.contracts.window_spec import WindowSpec
+from musicrep.features.windows import cut_windows, window_starts
 
 
 def reference_starts(n_frames: int, window: int, hop: int) -> list[int]:

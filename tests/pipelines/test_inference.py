@@ -79,7 +79,7 @@ def test_rows_record_engine_precision_and_window_settings(audio, tiny_model_uri,
 
 
 def test_rows_of_another_engine_precision_or_window_setting_are_recomputed():
-    from musicrep.features.windows import WindowSpec
+    from musicrep.contracts.window_spec import WindowSpec
 
     key = WindowSpec().key()
     row = {"model_id": "m", "window_spec": key, "engine": "tf", "precision": "fp32"}
