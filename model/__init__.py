@@ -1,47 +1,46 @@
 """SF-NFNet-F0 (SPEC §2): the network, its projector, exports, pre-training (SPEC §3) and
 the MULE weight import.
 
-Importing this package registers the custom layers, so `keras.saving.load_model` can
-read our `.keras` files.
+Importing this package is cheap: it loads no TensorFlow or Keras, so a launcher that
+only reads a model's sidecar, or checks its options, does not pay for them. Each module
+imports what it needs; code should import names from their defining module
+(`from musicrep.model.export import load`). The names below stay reachable as
+`musicrep.model.NAME` (the README's `import musicrep.model as mm`) and are imported
+from their module on first use.
 """
 from __future__ import annotations
 
-import keras
+import importlib
+from typing import Any
 
-from musicrep.model.export import load, read_metadata, save
-from musicrep.model.projector import projector
-from musicrep.model.sf_nfnet import (
-    MIN_FRAMES,
-    SF_NFNET_VARIANTS,
-    SFNFNetConfig,
-    build_sf_nfnet,
-    stage_activation_stats,
-)
-from musicrep.model.training import NonFiniteLossError, train
-from musicrep.model.training_config import TrainConfig, TrainResult
+# name -> defining module (PEP 562 lazy attributes)
+_EXPORTS = {
+    "load": "export",
+    "read_metadata": "export",
+    "save": "export",
+    "projector": "projector",
+    "MIN_FRAMES": "sf_nfnet",
+    "SF_NFNET_VARIANTS": "sf_nfnet",
+    "SFNFNetConfig": "sf_nfnet",
+    "build_sf_nfnet": "sf_nfnet",
+    "sf_nfnet_f0": "sf_nfnet",
+    "stage_activation_stats": "sf_nfnet",
+    "NonFiniteLossError": "training",
+    "train": "training",
+    "TrainConfig": "training_config",
+    "TrainResult": "training_config",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
-def sf_nfnet_f0(config: str | SFNFNetConfig = "F0", *, frames: int | None = None) -> keras.Model:
-    """SF-NFNet (default F0): [batch, 96, frames(, 1)] log-mel → [batch, 1728] embedding z.
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-    The model standardises each slice itself (SPEC §1), so feed raw log10(1 + 10⁴·M) values.
-    """
-    return build_sf_nfnet(config, frames=frames)
 
-
-__all__ = [
-    "MIN_FRAMES",
-    "NonFiniteLossError",
-    "SF_NFNET_VARIANTS",
-    "SFNFNetConfig",
-    "TrainConfig",
-    "TrainResult",
-    "build_sf_nfnet",
-    "load",
-    "projector",
-    "read_metadata",
-    "save",
-    "sf_nfnet_f0",
-    "stage_activation_stats",
-    "train",
-]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
