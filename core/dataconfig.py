@@ -360,7 +360,7 @@ def _shown(value: Any) -> str:
         return "on" if value else "off"
     if isinstance(value, tuple):
         return ",".join(map(str, value)) or "none"
-    return str(value)
+    return str(value) if value != "" else '""'
 
 
 def from_arguments(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
@@ -381,6 +381,27 @@ def describe(cls: type) -> list[dict[str, str]]:
             "flag": (leaf.name if meta.positional else leaf.flag) if meta.cli else "—",
             "type": _type_name(leaf.hint),
             "default": "required" if default is dataclasses.MISSING else _shown(default) if default is not None else "none",
-            "help": meta.help + (f" One of {', '.join(map(str, meta.choices))}." if meta.choices else ""),
+            "help": meta.help + _limits(meta),
         })
     return rows
+
+
+def _limits(meta: Setting) -> str:
+    limits = [f"≥ {meta.minimum:g}" if meta.minimum is not None else "",
+              f"> {meta.above:g}" if meta.above is not None else "",
+              f"≤ {meta.maximum:g}" if meta.maximum is not None else ""]
+    text = ", ".join(limit for limit in limits if limit)
+    if meta.choices:
+        text = "one of " + ", ".join(map(str, meta.choices))
+    return f" ({text})" if text else ""
+
+
+def markdown_table(cls: type) -> str:
+    """`describe(cls)` as a Markdown table (docs/configuration.md holds these verbatim)."""
+    lines = ["| key | option | type | default | meaning |", "|---|---|---|---|---|"]
+    for row in describe(cls):
+        cells = [f"`{row['key']}`", f"`{row['flag']}`" if row["flag"] != "—" else "—", row["type"],
+                 row["default"], row["help"]]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines)
+
