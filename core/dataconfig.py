@@ -249,7 +249,8 @@ def _build(cls: type, values: dict[tuple[str, ...], Any], path: tuple[str, ...],
         if meta is not None and meta.nested:
             if any(key[: len(prefix)] == prefix for key in values):
                 start = getattr(base, field.name) if base is not None else _field_default(field)
-                kwargs[field.name] = _build(_hints(cls)[field.name], values, prefix, base=start)
+                kwargs[field.name] = _build(_hints(cls)[field.name], values, prefix,
+                                            base=None if start is dataclasses.MISSING else start)
         elif prefix in values:
             kwargs[field.name] = values[prefix]
     return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)

@@ -131,6 +131,7 @@ def test_cli_refuses_bad_invocations(tmp_path, capsys):
     assert capsys.readouterr().err == f"musicrep pretrain: {tmp_path / 'b'} has no config.json: nothing to resume\n"
     with pytest.raises(SystemExit):
         pretrain_run(["simclr", "--positive-max-distance-s", "soon", "--output", "c"])
+    assert "expected seconds or 'clip', got 'soon'" in capsys.readouterr().err
     # Bounds and finiteness come from the TrainConfig fields: one line each, exit 2.
     base = ["pretrain", "simclr", "--features", "x*", "--output", str(tmp_path / "d")]
     for extra, message in ((["--batch-size", "0"], "batch_size must be ≥ 1, got 0"),
