@@ -235,3 +235,26 @@ probes: [{{preset: MTT, labels: l.csv, grid: "lr=1e-4,steps=10,l2=0"}}]
     from musicrep import dataconfig
     from musicrep.probes.config import ProbeConfig
     assert dataconfig.from_arguments(ProbeConfig, args) == cell
+
+
+def _documented_suites() -> dict[str, str]:
+    import pathlib
+    import textwrap
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    doc = suite.__doc__
+    demo = (root / "scripts" / "demo_probes.sh").read_text()
+    return {
+        "probes/suite.py": textwrap.dedent(doc[doc.index("    output:"):]),
+        "docs/configuration.md": (root / "docs" / "configuration.md").read_text().split("```yaml\n")[1].split("```")[0],
+        "scripts/demo_probes.sh": demo.split("<<YAML\n")[1].split("\nYAML")[0].replace("$out", "/tmp/demo"),
+    }
+
+
+@pytest.mark.parametrize("where", sorted(_documented_suites()))
+def test_the_documented_suites_are_valid_configs(where):
+    loaded = suite.load_suite(_documented_suites()[where])
+    cells = [suite.probe_config(loaded, name, probe, source)
+             for name, source in loaded.models.items() if not source.each_model for probe in loaded.probes]
+    assert len(cells) == len(loaded.probes) * sum(not s.each_model for s in loaded.models.values()) > 0
+    assert all(cell.output.startswith(loaded.output + "/") for cell in cells)
