@@ -87,7 +87,6 @@ class _Leaf:
     field: dataclasses.Field
     hint: Any
     path: tuple[str, ...]  # nested field names from the top config down to its owner
-    owner: type
 
     @property
     def setting(self) -> Setting:
@@ -129,7 +128,7 @@ def leaves(cls: type, _path: tuple[str, ...] = ()) -> Iterator[_Leaf]:
         if meta.nested:
             yield from leaves(hints[field.name], _path + (field.name,))
         else:
-            yield _Leaf(field.name, field, hints[field.name], _path, cls)
+            yield _Leaf(field.name, field, hints[field.name], _path)
 
 
 def _members(hint: Any) -> tuple[Any, ...]:
@@ -150,7 +149,7 @@ def _type_name(hint: Any) -> str:
     return " or ".join(names)
 
 
-def _coerce_one(member: Any, value: Any, parse: Callable[[str], Any] | None) -> tuple[bool, Any]:
+def _coerce_one(member: Any, value: Any) -> tuple[bool, Any]:
     """(accepted, value as `member`)."""
     if member is type(None):
         return value is None, None
@@ -171,7 +170,7 @@ def _coerce_one(member: Any, value: Any, parse: Callable[[str], Any] | None) -> 
             return False, None
         out = []
         for element in items:
-            ok, coerced = _coerce_one(item, element, None)
+            ok, coerced = _coerce_one(item, element)
             if not ok:
                 return False, None
             out.append(coerced)
@@ -185,7 +184,7 @@ def coerce(leaf: _Leaf, value: Any) -> Any:
     """`value` as the field's type, or ConfigError naming the field and what it got."""
     members = _members(leaf.hint)
     for member in members:
-        ok, coerced = _coerce_one(member, value, leaf.setting.parse)
+        ok, coerced = _coerce_one(member, value)
         if ok:
             return coerced
     if isinstance(value, str) and str not in members:
@@ -234,7 +233,7 @@ def check(instance: Any) -> None:
         meta = _setting(field)
         if meta is None or meta.nested:
             continue
-        leaf = _Leaf(field.name, field, hints[field.name], (), type(instance))
+        leaf = _Leaf(field.name, field, hints[field.name], ())
         value = coerce(leaf, getattr(instance, field.name))
         _check_value(leaf, value)
         object.__setattr__(instance, field.name, value)
