@@ -67,11 +67,11 @@ def write_catalog(directory: str, *, tracks: int, seconds: float, shards: int, s
 
 def bench_pipeline(pattern: str, *, batch_size: int, batches: int, draws_per_track: float = 1.0) -> dict:
     from musicrep.model.data import SamplerConfig, sample_snippets
+    from musicrep.model.sampling import SamplingConfig
 
-    config = SamplerConfig(
-        batch_size=batch_size, pairs=True, mixup=True, seed=1, draws_per_track=draws_per_track,
-        shuffle_buffer=max(256, int(2 * batch_size * draws_per_track)),
-    )
+    sampling = SamplingConfig(mixup=True, draws_per_track=draws_per_track,
+                              shuffle_buffer=max(256, int(2 * batch_size * draws_per_track)))
+    config = SamplerConfig(batch_size=batch_size, pairs=True, seed=1, sampling=sampling)
     iterator = iter(sample_snippets(pattern, config))
     for _ in range(3):  # fill the shuffle buffer
         next(iterator)
@@ -87,7 +87,8 @@ def bench_pipeline(pattern: str, *, batch_size: int, batches: int, draws_per_tra
 
 
 def bench_training(pattern: str, *, model_config: str, batch_size: int, steps: int, bf16: bool = False, xla: bool = False) -> dict:
-    from musicrep.model import TrainConfig, train
+    from musicrep.model.training import train
+    from musicrep.model.training_config import TrainConfig
 
     with tempfile.TemporaryDirectory(prefix="musicrep-bench-run-") as output:
         config = TrainConfig(
@@ -178,7 +179,8 @@ def learns(args: argparse.Namespace) -> dict:
 
     import keras
 
-    from musicrep.model import build_sf_nfnet, load
+    from musicrep.model.export import load
+    from musicrep.model.sf_nfnet import build_sf_nfnet
 
     labels = pd.read_csv(os.path.join(catalog, "labels.csv"))
     keras.utils.set_random_seed(0)  # the pre-training run's seed: the same initial weights

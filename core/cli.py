@@ -85,10 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     except MusicrepError as error:
         print(f"musicrep {name}: {error}", file=sys.stderr)
         return 2
+    return exit_status(result)
+
+
+def exit_status(result: object) -> int:
+    """A launcher's return value as the exit status: an int is one; a result object (a
+    frozen dataclass with `summary()`) is printed as its summary and means success."""
     if isinstance(result, int):
         return result
-    if result is not None and str(result):
-        print(result)
+    if result is not None:
+        print(result.summary())
     return 0
 
 

@@ -1,24 +1,29 @@
 """SF-NFNet-F0 (SPEC §2): the network, its projector, exports, pre-training (SPEC §3) and
 the MULE weight import.
 
-Importing the package is cheap: launchers that only read an export's sidecar
-(musicrep.contracts.sidecar) or pick an engine never load Keras. The names below are
-imported from their modules on first use; `musicrep.model.layers` registers the custom
-layers `keras.saving.load_model` needs (musicrep.model.export imports it).
+Importing this package is cheap: it loads no TensorFlow or Keras, so a launcher that
+only reads a model's sidecar, or checks its options, does not pay for them. Each module
+imports what it needs; code should import names from their defining module
+(`from musicrep.model.export import load`). The names below stay reachable as
+`musicrep.model.NAME` (the README's `import musicrep.model as mm`) and are imported
+from their module on first use.
 """
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
-_HOMES = {
+# name -> defining module (PEP 562 lazy attributes)
+_EXPORTS = {
     "load": "export",
-    "save": "export",
     "read_metadata": "export",
+    "save": "export",
     "projector": "projector",
     "MIN_FRAMES": "sf_nfnet",
     "SF_NFNET_VARIANTS": "sf_nfnet",
     "SFNFNetConfig": "sf_nfnet",
     "build_sf_nfnet": "sf_nfnet",
+    "sf_nfnet_f0": "sf_nfnet",
     "stage_activation_stats": "sf_nfnet",
     "NonFiniteLossError": "training",
     "train": "training",
@@ -26,13 +31,16 @@ _HOMES = {
     "TrainResult": "training_config",
 }
 
-
-def __getattr__(name: str):
-    if name == "sf_nfnet_f0":  # SF-NFNet-F0 by default: the network of the paper
-        return getattr(importlib.import_module("musicrep.model.sf_nfnet"), "build_sf_nfnet")
-    if name in _HOMES:
-        return getattr(importlib.import_module(f"musicrep.model.{_HOMES[name]}"), name)
-    raise AttributeError(f"module 'musicrep.model' has no attribute {name!r}")
+__all__ = sorted(_EXPORTS)
 
 
-__all__ = sorted([*_HOMES, "sf_nfnet_f0"])
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -7,7 +7,6 @@ the stochastic-depth RNG states and, optionally, the input iterator.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
@@ -39,11 +38,8 @@ def prepare_directory(config: TrainConfig, *, resume: bool, chief: bool) -> None
     if fileio.exists(config_path):
         stored = TrainConfig.load(config.output_dir)
         if stored != config:
-            changed = {
-                f.name: (getattr(stored, f.name), getattr(config, f.name))
-                for f in dataclasses.fields(config)
-                if getattr(stored, f.name) != getattr(config, f.name)
-            }
+            was, now = stored.to_mapping(), config.to_mapping()
+            changed = {name: (was[name], now[name]) for name in now if was[name] != now[name]}
             raise ConfigError(
                 f"{config.output_dir} holds a run with another config (stored, given): {changed}; "
                 "use --resume to continue it as configured, or a new --output"

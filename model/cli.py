@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import tempfile
 
@@ -9,9 +10,30 @@ import keras
 
 from musicrep import fileio
 from musicrep.model import export, mule_import
+from musicrep.model.export import ExportMetadata
 from musicrep.model.sf_nfnet import SF_NFNET_VARIANTS, build_sf_nfnet
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelResult:
+    """What `musicrep model COMMAND` did: the export it wrote (init, import-mule) or read (info)."""
+
+    command: str
+    export_dir: str
+    metadata: ExportMetadata
+
+    @property
+    def model_id(self) -> str:
+        return self.metadata.model_id
+
+    def summary(self) -> str:
+        """`info` prints the sidecar (its purpose); the others one line."""
+        if self.command == "info":
+            return self.metadata.to_json()
+        return (f"model {self.command}: wrote {self.export_dir} (model {self.model_id}, "
+                f"{self.metadata.config['name']}, {self.metadata.n_parameters:,} parameters)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> ModelResult:
+    """Entry point of `musicrep model`."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "init":
@@ -47,5 +70,4 @@ def run(argv: list[str] | None = None) -> int:
                 source = f"mule-import {args.model_keras} sha256={fileio.sha256_of(handle)}"
             model = mule_import.import_mule(local)
         metadata = export.save(model, args.output, config=SF_NFNET_VARIANTS["F0"], source=source)
-    print(metadata.to_json())
-    return 0
+    return ModelResult(args.command, args.uri if args.command == "info" else args.output, metadata)

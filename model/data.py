@@ -67,12 +67,11 @@ from musicrep.contracts.shards import (
 from musicrep.labels import read_labels as read_label_table
 from musicrep.labels import split_tags
 from musicrep.manifest import resolve_files
-from musicrep.model.mixup import MIXUP_ALPHA, MIXUP_BETA, mixup
+from musicrep.model.mixup import mixup
+from musicrep.model.sampling import SamplingConfig
 
 logger = logging.getLogger(__name__)
 
-SNIPPET_FRAMES = 300
-POSITIVE_MAX_DISTANCE_S = 5.0
 COUNT_KEYS = ("tracks_read", "tracks_short", "tracks_unlabelled")
 _KEYS = ("schema_version", "track_id", "log_mel", "log_mel_dtype", "n_frames", "n_mels")
 _SNIPPET_SPEC = {key: FEATURE_SPEC[key] for key in _KEYS}
@@ -172,55 +171,38 @@ def _multi_hot(encoded: tf.Tensor, n_labels: int) -> tf.Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-    """How snippets are drawn (see the module docstring).
+    """How one input pipeline draws snippets (see the module docstring).
 
     Attributes:
       batch_size: snippets (or pairs) per batch of this input pipeline.
       pairs: two views per draw (SimCLR) instead of one.
-      positive_max_distance_s: pairs' centres strictly closer than this; None = clip mode.
-      snippet_frames: frames per snippet (300 = 3 s).
-      shuffle_buffer: draws held for shuffling before batching (None: max(2·batch, 256)).
-      cycle_length: shards read at once.
+      sampling: the settings a user chooses (musicrep.model.sampling.SamplingConfig).
       seed: the stream is a function of this seed and `pipeline_id`.
       pipeline_id: index of this input pipeline (one per worker) so workers draw differently.
-      mixup: apply mixup to each batch (and its labels).
-      mixup_alpha, mixup_beta: the Beta distribution of the gains.
-      draws_per_track: λ, the expected draws of each track per pass (see the module doc).
       features: the front end of the shards (mel bands per frame, frames per second).
     """
 
     batch_size: int
     pairs: bool = False
-    positive_max_distance_s: float | None = POSITIVE_MAX_DISTANCE_S
-    snippet_frames: int = SNIPPET_FRAMES
-    shuffle_buffer: int | None = None
-    cycle_length: int = 8
+    sampling: SamplingConfig = SamplingConfig()
     seed: int = 0
     pipeline_id: int = 0
-    mixup: bool = False
-    mixup_alpha: float = MIXUP_ALPHA
-    mixup_beta: float = MIXUP_BETA
-    draws_per_track: float = 1.0
     features: FeatureConfig = DEFAULT_FEATURE_CONFIG
 
     def __post_init__(self) -> None:
-        if not self.draws_per_track > 0:
-            raise ConfigError(f"draws_per_track must be > 0, got {self.draws_per_track}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
-        if self.snippet_frames < 1:
-            raise ConfigError(f"snippet_frames must be ≥ 1, got {self.snippet_frames}")
-        if self.positive_max_distance_s is not None:
+        if self.sampling.positive_max_distance_s is not None:
             self.max_start_offset()
-        if self.cycle_length < 1:
-            raise ConfigError(f"cycle_length must be ≥ 1, got {self.cycle_length}")
 
     @property
     def shuffle_buffer_size(self) -> int:
-        return self.shuffle_buffer if self.shuffle_buffer is not None else max(2 * self.batch_size, 256)
+        buffer = self.sampling.shuffle_buffer
+        return buffer if buffer is not None else max(2 * self.batch_size, 256)
 
     def max_start_offset(self) -> int:
-        return max_start_offset(self.positive_max_distance_s, frames_per_second=self.features.frames_per_second)
+        return max_start_offset(self.sampling.positive_max_distance_s,
+                                frames_per_second=self.features.frames_per_second)
 
     @property
     def stream_seed(self) -> int:
@@ -233,7 +215,7 @@ def _draw_snippets(serialized, index, *, config: SamplerConfig, table, n_labels:
     parsed = tf.io.parse_single_example(serialized, _SNIPPET_SPEC)
     n_frames = parsed["n_frames"]
     n_mels = parsed["n_mels"]
-    snippet = tf.constant(config.snippet_frames, tf.int64)
+    snippet = tf.constant(config.sampling.snippet_frames, tf.int64)
     n_mels_expected = config.features.n_mels
     checks = [
         check_schema_version(parsed["schema_version"]),
@@ -251,7 +233,7 @@ def _draw_snippets(serialized, index, *, config: SamplerConfig, table, n_labels:
     if table is not None:
         encoded = table.lookup(parsed["track_id"])
         unlabelled = tf.logical_and(tf.logical_not(short), tf.equal(encoded, "-"))
-    draws = tf.random.stateless_poisson([], seed=seeds[0], lam=config.draws_per_track, dtype=tf.int32)
+    draws = tf.random.stateless_poisson([], seed=seeds[0], lam=config.sampling.draws_per_track, dtype=tf.int32)
     draws = tf.where(tf.logical_or(short, unlabelled), 0, draws)
     n_starts = tf.maximum(n_frames - snippet + 1, 1)  # valid starts: 0 … n_frames − snippet
     uniforms = tf.random.stateless_uniform([draws, 2], seed=seeds[1], dtype=tf.float64)
@@ -263,7 +245,7 @@ def _draw_snippets(serialized, index, *, config: SamplerConfig, table, n_labels:
     out = {"track_id": tf.fill([draws], parsed["track_id"]), "start": start_a}
     starts = [start_a]
     if config.pairs:
-        if config.positive_max_distance_s is None:
+        if config.sampling.positive_max_distance_s is None:
             start_b = uniform_int(uniforms[:, 1], tf.zeros([draws], tf.int64), n_starts)
         else:
             limit = tf.constant(config.max_start_offset(), tf.int64)
@@ -281,7 +263,7 @@ def _draw_snippets(serialized, index, *, config: SamplerConfig, table, n_labels:
                 parsed["log_mel"], start * bytes_per_frame, tf.fill([draws], snippet * bytes_per_frame)
             )
             values = decode_log_mel_values(raw, parsed["log_mel_dtype"])
-            values = tf.reshape(values, [draws, config.snippet_frames, n_mels_expected])
+            values = tf.reshape(values, [draws, config.sampling.snippet_frames, n_mels_expected])
             out[key] = tf.transpose(values, [0, 2, 1])  # time-major on disk → frequency-first
     if table is not None:
         one = _multi_hot(tf.where(tf.equal(encoded, "-"), "", encoded), n_labels)
@@ -305,7 +287,7 @@ def sample_snippets(pattern: str, config: SamplerConfig, *, labels: Labels | Non
     seed = config.stream_seed
     table = _label_table(labels) if labels is not None else None
     n_labels = labels.n_labels if labels is not None else 0
-    cycle = min(config.cycle_length, len(files))
+    cycle = min(config.sampling.cycle_length, len(files))
     paths = (
         tf.data.Dataset.from_tensor_slices(files)
         .shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -332,7 +314,7 @@ def sample_snippets(pattern: str, config: SamplerConfig, *, labels: Labels | Non
         .shuffle(config.shuffle_buffer_size, seed=seed + 1, reshuffle_each_iteration=True)
     )
     batches = draws.batch(config.batch_size, drop_remainder=True)
-    if config.mixup:
+    if config.sampling.mixup:
         batches = tf.data.Dataset.zip(batches, tf.data.Dataset.counter()).map(
             lambda batch, index: _mix_batch(batch, index, config),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -349,11 +331,10 @@ def _mix_batch(batch: dict, index: tf.Tensor, config: SamplerConfig) -> dict:
     seed_word = tf.constant((config.stream_seed + 7919) % (2**62), tf.int64)
     seeds = tf.random.experimental.stateless_split(tf.stack([seed_word, index]), num=2)
     batch = dict(batch)
-    batch["log_mel"], mixed = mixup(
-        batch["log_mel"], seeds[0], labels=batch.get("labels"), alpha=config.mixup_alpha, beta=config.mixup_beta
-    )
+    gains = {"alpha": config.sampling.mixup_alpha, "beta": config.sampling.mixup_beta}
+    batch["log_mel"], mixed = mixup(batch["log_mel"], seeds[0], labels=batch.get("labels"), **gains)
     if mixed is not None:
         batch["labels"] = mixed
     if "log_mel_b" in batch:  # SimCLR: the second view gets its own gains and partners
-        batch["log_mel_b"], _ = mixup(batch["log_mel_b"], seeds[1], alpha=config.mixup_alpha, beta=config.mixup_beta)
+        batch["log_mel_b"], _ = mixup(batch["log_mel_b"], seeds[1], **gains)
     return batch

@@ -1,7 +1,8 @@
 """Custom Keras 3 layers of SF-NFNet-F0 (SPEC §2), registered for `.keras` round trips.
 
 Every layer keeps its maths in one `call` and its constructor arguments in `get_config`,
-so a saved model rebuilds without custom_objects once `musicrep.model` is imported.
+so a saved model rebuilds without custom_objects once this module is imported
+(`musicrep.model.export` imports it; `import musicrep.model` alone loads no Keras).
 """
 from __future__ import annotations
 

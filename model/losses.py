@@ -9,10 +9,10 @@ from __future__ import annotations
 import tensorflow as tf
 
 from musicrep.errors import ConfigError
+from musicrep.model.training_config import DEFAULT_TEMPERATURE
 
 # Added to the logits of each anchor with itself, as the reference does (SPEC §3).
 SELF_SIMILARITY_MASK = 1e10
-DEFAULT_TEMPERATURE = 0.1
 
 
 def _l2_normalise(z: tf.Tensor) -> tf.Tensor:

@@ -19,9 +19,7 @@ import dataclasses
 import tensorflow as tf
 
 from musicrep.errors import ConfigError
-
-MIXUP_ALPHA = 5.0
-MIXUP_BETA = 2.0
+from musicrep.model.sampling import MIXUP_ALPHA, MIXUP_BETA
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ step counter before the update, so the first update uses lr(0) = 0, as in Keras.
 """
 from __future__ import annotations
 
-import keras
+from typing import TYPE_CHECKING
 
 from musicrep.errors import ConfigError
 
@@ -24,17 +24,27 @@ PEAK_LR = 2e-4
 WARMUP_STEPS = 5_000
 TOTAL_STEPS = 200_000
 
+if TYPE_CHECKING:
+    import keras
 
-def warmup_cosine(
-    *, peak_lr: float = PEAK_LR, warmup_steps: int = WARMUP_STEPS, total_steps: int = TOTAL_STEPS
-) -> keras.optimizers.schedules.CosineDecay:
-    """LR rising linearly 0 → `peak_lr` over `warmup_steps`, then cosine to 0 at `total_steps`."""
+
+def check_schedule(*, peak_lr: float, warmup_steps: int, total_steps: int) -> None:
+    """ConfigError unless peak_lr > 0 and 0 <= warmup_steps < total_steps."""
     if peak_lr <= 0:
         raise ConfigError(f"peak_lr must be > 0, got {peak_lr}")
     if warmup_steps < 0 or total_steps <= warmup_steps:
         raise ConfigError(
             f"need 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, total_steps={total_steps}"
         )
+
+
+def warmup_cosine(
+    *, peak_lr: float = PEAK_LR, warmup_steps: int = WARMUP_STEPS, total_steps: int = TOTAL_STEPS
+) -> keras.optimizers.schedules.CosineDecay:
+    """LR rising linearly 0 → `peak_lr` over `warmup_steps`, then cosine to 0 at `total_steps`."""
+    import keras  # here, so the constants above are read without loading Keras
+
+    check_schedule(peak_lr=peak_lr, warmup_steps=warmup_steps, total_steps=total_steps)
     if warmup_steps == 0:
         return keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=peak_lr, decay_steps=total_steps, alpha=0.0

@@ -279,6 +279,14 @@ def build_sf_nfnet(config: str | SFNFNetConfig = "F0", *, frames: int | None = N
     return model
 
 
+
+def sf_nfnet_f0(config: str | SFNFNetConfig = "F0", *, frames: int | None = None) -> keras.Model:
+    """SF-NFNet (default F0): [batch, 96, frames(, 1)] log-mel → [batch, 1728] embedding z.
+
+    The model standardises each slice itself (SPEC §1), so feed raw log10(1 + 10⁴·M) values.
+    """
+    return build_sf_nfnet(config, frames=frames)
+
 def stage_activation_stats(model: keras.Model, log_mel: Any, config: str | SFNFNetConfig = "F0") -> dict[str, dict[str, float]]:
     """Mean and variance of the stem outputs and of every stage output for one input batch.
 

@@ -54,6 +54,7 @@ from musicrep.model import data as data_lib
 from musicrep.model.projector import projector as build_projector
 from musicrep.model.sf_nfnet import SF_NFNET_VARIANTS, build_sf_nfnet
 from musicrep.model.training_config import TrainConfig, TrainResult
+from musicrep.model.export import ExportMetadata
 from musicrep.model.training_export import export_backbone
 
 logger = logging.getLogger(__name__)
@@ -219,8 +220,8 @@ class _Run:
             backbone=self.backbone, projector=self.projector, optimizer=self.optimizer, iterator=iterator
         )
 
-    def export(self, export_dir: str, step: int) -> None:
-        export_backbone(self.backbone, export_dir, config=self.config, features=self.features, step=step)
+    def export(self, export_dir: str, step: int) -> ExportMetadata:
+        return export_backbone(self.backbone, export_dir, config=self.config, features=self.features, step=step)
 
 
 def train(
@@ -239,6 +240,7 @@ def train(
     step *without* a final checkpoint or export, as an interruption would (for tests).
     `progress`: a progress bar (default: when stderr is a terminal).
     """
+    started = time.perf_counter()
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     strategy = strategy or make_strategy()
@@ -317,14 +319,17 @@ def train(
         if step % config.checkpoint_every == 0 and step < config.steps:
             manager.save(checkpoint_number=step)
     if stop_at_step is not None and step < config.steps:
-        return TrainResult(step, loss_value, config.output_dir, None, restored_step)
+        return TrainResult(step, loss_value, config.output_dir, None, restored_step,
+                           seconds=time.perf_counter() - started)
     if checkpoints.latest_step(checkpoint_dir) != step:
         manager.save(checkpoint_number=step)
-    export_dir = fileio.join(config.output_dir, "export")
+    export_dir, model_id = None, None
     if chief:
-        run.export(export_dir, step)
+        export_dir = fileio.join(config.output_dir, "export")
+        model_id = run.export(export_dir, step).model_id
         writer.flush()
-    return TrainResult(step, loss_value, config.output_dir, export_dir if chief else None, restored_step)
+    return TrainResult(step, loss_value, config.output_dir, export_dir, restored_step,
+                       model_id=model_id, seconds=time.perf_counter() - started)
 
 
 def _read_metrics(path: str) -> list[dict[str, Any]]:

@@ -7,120 +7,92 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import TYPE_CHECKING, Any
 
-import keras
-
-from musicrep import fileio
+from musicrep import dataconfig, fileio
+from musicrep.dataconfig import nested, setting
 from musicrep.errors import ConfigError
-from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
-from musicrep.model import data as data_lib
-from musicrep.model import losses, schedules
-from musicrep.model.sf_nfnet import SF_NFNET_VARIANTS
+from musicrep.model import schedules
+from musicrep.model.sampling import SamplingConfig
+
+if TYPE_CHECKING:  # TensorFlow is loaded only when a run builds its input or optimizer
+    import keras
+
+    from musicrep.contracts.feature_config import FeatureConfig
+    from musicrep.model.data import SamplerConfig
 
 OBJECTIVES = ("simclr", "supervised")
 # SPEC §3: supervised N = 512; SimCLR N = 1920 pairs (ULarge; USmall used 256).
 DEFAULT_BATCH_SIZE = {"supervised": 512, "simclr": 1920}
+DEFAULT_TEMPERATURE = 0.1  # SPEC §3: NT-Xent τ
 # Projector per backbone variant: (hidden widths, SimCLR output n). F0 is SPEC §2's head;
 # the tiny demo/test backbone (224-d embedding) gets a head in proportion, so the head does
 # not dwarf the network it trains.
 PROJECTORS = {"F0": ((4096, 4096, 4096), 1024), "tiny": ((256, 256, 256), 128)}
 CONFIG_FILE = "config.json"
+# The stream seed of input stream k (a resumed multi-worker run starts a new stream).
+_STREAM_SEED_STEP = 7_777_777
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    return tuple(int(width) for width in text.split(",") if width.strip())
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of one pre-training run (written to DIR/config.json).
+    """Every setting of one pre-training run (written to DIR/config.json, flat).
 
-    Attributes:
-      objective: "simclr" (NT-Xent on pairs of snippets) or "supervised" (BCE on labels).
-      features: the log-mel shards: the features job's output directory or a glob (local or gs://).
-      output_dir: the run directory (see musicrep.model.training).
-      labels: CSV/Parquet with track_id and tags; required for supervised.
-      model_config: SF-NFNet variant, "F0" (the paper's) or "tiny" (tests, demos).
-      batch_size: global batch (pairs for SimCLR); None = the paper's (512 / 1920).
-      steps: optimizer updates in all (200k in the paper).
-      warmup_steps: linear warm-up from 0 to peak_lr (5k); then cosine to 0 at `steps`.
-      peak_lr: the learning rate at the end of the warm-up (2e-4).
-      adam_beta_1, adam_beta_2, adam_epsilon: Adam's constants (0.9, 0.999, 1e-7).
-      temperature: NT-Xent τ (0.1).
-      projection_dim: SimCLR projector output n; None = PROJECTORS (1024 for F0);
-        supervised always uses K = the number of labels.
-      projector_hidden: widths of the projector's hidden ReLU layers; None = PROJECTORS
-        (3 × 4096 for F0).
-      mixup: apply mixup (SPEC §3; see musicrep.model.mixup) to the batches.
-      mixup_alpha, mixup_beta: Beta distribution of the mixup gains (5, 2).
-      positive_max_distance_s: SimCLR pairs' centres are strictly closer than this
-        (5 s); None = "clip" mode (any two snippets of the same clip).
-      snippet_frames: frames per snippet (300 = 3 s at the reference's 100 frames/s).
-      shuffle_buffer: snippets in the input shuffle buffer (None: max(2·per-pipeline batch, 256)).
-      draws_per_track: expected draws of each track per pass over the shards (Poisson(λ));
-        1 is sampling with replacement as the paper; more feeds a fast GPU from long tracks.
-      cycle_length: shards read in parallel by each input pipeline.
-      seed: seeds the weights, stochastic depth and the input stream.
-      checkpoint_every: steps between checkpoints (one is also written at the end).
-      keep_checkpoints: how many recent checkpoints to keep.
-      log_every: steps between lines of metrics.jsonl / TensorBoard points.
-      xla: compile each replica's forward + backward pass with XLA.
-      mixed_precision: bfloat16 compute with float32 weights (Keras "mixed_bfloat16");
-        the embedding, projector output and losses stay float32.
-      deterministic: enable TensorFlow's deterministic ops (bitwise reproducible runs;
-        slower on GPU, and some GPU ops refuse).
-      checkpoint_input: save the input iterator (shuffle buffer included) in checkpoints
-        so a resume is exact; off saves space at the cost of a fresh input stream.
+    Each field's help is the documentation (docs/configuration.md is generated from it);
+    `musicrep pretrain` options, config.json keys and the code read these fields only.
     """
 
-    objective: str
-    features: str
-    output_dir: str
-    labels: str | None = None
-    model_config: str = "F0"
-    batch_size: int | None = None
-    steps: int = schedules.TOTAL_STEPS
-    warmup_steps: int = schedules.WARMUP_STEPS
-    peak_lr: float = schedules.PEAK_LR
-    adam_beta_1: float = schedules.ADAM_BETA_1
-    adam_beta_2: float = schedules.ADAM_BETA_2
-    adam_epsilon: float = schedules.ADAM_EPSILON
-    temperature: float = losses.DEFAULT_TEMPERATURE
-    projection_dim: int | None = None
-    projector_hidden: tuple[int, ...] | None = None
-    mixup: bool = True
-    mixup_alpha: float = data_lib.MIXUP_ALPHA
-    mixup_beta: float = data_lib.MIXUP_BETA
-    positive_max_distance_s: float | None = data_lib.POSITIVE_MAX_DISTANCE_S
-    snippet_frames: int = data_lib.SNIPPET_FRAMES
-    shuffle_buffer: int | None = None
-    draws_per_track: float = 1.0
-    cycle_length: int = 8
-    seed: int = 0
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    log_every: int = 100
-    xla: bool = False
-    mixed_precision: bool = False
-    deterministic: bool = False
-    checkpoint_input: bool = True
+    objective: str = setting(positional=True, choices=OBJECTIVES,
+                             help="simclr (NT-Xent on pairs of snippets) or supervised (BCE on labels)")
+    features: str = setting(required_on_cli=False,
+                            help="the log-mel shards: the features job's output directory or a glob "
+                            "(local or gs://); required unless --resume")
+    output_dir: str = setting(flag="--output", help="the run directory (checkpoints, metrics, export)")
+    labels: str | None = setting(None, help="CSV/Parquet with track_id and tags ('|'-separated or a list); "
+                                 "required for supervised")
+    model_config: str = setting("F0", flag="--config", help="SF-NFNet variant: F0 (the paper's) or tiny (tests, demos)")
+    batch_size: int | None = setting(None, minimum=1,
+                                     help="global batch (pairs for SimCLR); default the paper's 512 / 1920")
+    steps: int = setting(schedules.TOTAL_STEPS, minimum=1, help="optimizer updates in all")
+    warmup_steps: int = setting(schedules.WARMUP_STEPS, minimum=0,
+                                help="linear LR warm-up from 0 to the peak; then cosine to 0 at steps")
+    peak_lr: float = setting(schedules.PEAK_LR, above=0, help="the learning rate at the end of the warm-up")
+    adam_beta_1: float = setting(schedules.ADAM_BETA_1, minimum=0, maximum=1, help="Adam's β1")
+    adam_beta_2: float = setting(schedules.ADAM_BETA_2, minimum=0, maximum=1, help="Adam's β2")
+    adam_epsilon: float = setting(schedules.ADAM_EPSILON, above=0, help="Adam's ε")
+    temperature: float = setting(DEFAULT_TEMPERATURE, above=0, help="NT-Xent temperature τ")
+    projection_dim: int | None = setting(
+        None, minimum=1, help="SimCLR projector output n; default 1024 for F0, 128 for tiny "
+        "(supervised always has one logit per label)")
+    projector_hidden: tuple[int, ...] | None = setting(
+        None, minimum=1, parse=_widths, metavar="W,W,...",
+        help="widths of the projector's hidden ReLU layers; default 4096,4096,4096 for F0, 256,256,256 for tiny")
+    sampling: SamplingConfig = nested(SamplingConfig, default_factory=lambda: SamplingConfig(mixup=True))
+    seed: int = setting(0, help="seeds the weights, stochastic depth and the input stream")
+    checkpoint_every: int = setting(1000, minimum=1, help="steps between checkpoints (one is also written at the end)")
+    keep_checkpoints: int = setting(3, minimum=1, help="how many recent checkpoints to keep")
+    log_every: int = setting(100, minimum=1, help="steps between lines of metrics.jsonl / TensorBoard points")
+    xla: bool = setting(False, help="compile each replica's forward + backward pass with XLA")
+    mixed_precision: bool = setting(
+        False, flag="--bf16", help="bfloat16 compute with float32 weights (Keras mixed_bfloat16); "
+        "the embedding, projector output and losses stay float32")
+    deterministic: bool = setting(False, help="TensorFlow's deterministic ops (bitwise reproducible; slower on GPU)")
+    checkpoint_input: bool = setting(
+        True, help="save the input iterator (shuffle buffer included) in checkpoints so a resume is exact")
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        dataconfig.check(self)
         if self.objective == "supervised" and not self.labels:
             raise ConfigError("supervised pre-training needs labels (--labels CSV/Parquet)")
+        from musicrep.model.sf_nfnet import SF_NFNET_VARIANTS  # Keras: the variants are built with it
+
         if self.model_config not in SF_NFNET_VARIANTS:
             raise ConfigError(f"model_config must be one of {sorted(SF_NFNET_VARIANTS)}, got {self.model_config!r}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
-        self.learning_rate_schedule()
-        for name in ("checkpoint_every", "keep_checkpoints", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if self.projection_dim is not None and self.projection_dim < 1:
-            raise ConfigError(f"projection_dim must be ≥ 1, got {self.projection_dim}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        self.sampler_config(batch_size=1)  # the sampler's own checks, before any work
-        if self.projector_hidden is not None:
-            object.__setattr__(self, "projector_hidden", tuple(int(w) for w in self.projector_hidden))
+        schedules.check_schedule(peak_lr=self.peak_lr, warmup_steps=self.warmup_steps, total_steps=self.steps)
 
     # Derived values, computed here only.
     @property
@@ -149,6 +121,8 @@ class TrainConfig:
         return schedules.warmup_cosine(peak_lr=self.peak_lr, warmup_steps=self.warmup_steps, total_steps=self.steps)
 
     def optimizer(self) -> keras.optimizers.Adam:
+        import keras
+
         return keras.optimizers.Adam(
             learning_rate=self.learning_rate_schedule(),
             beta_1=self.adam_beta_1,
@@ -162,36 +136,35 @@ class TrainConfig:
         batch_size: int,
         pipeline_id: int = 0,
         stream: int = 0,
-        features: FeatureConfig = DEFAULT_FEATURE_CONFIG,
-    ) -> data_lib.SamplerConfig:
-        """The input pipeline's settings; `features` is the shards' front end."""
-        return data_lib.SamplerConfig(
+        features: FeatureConfig | None = None,
+    ) -> SamplerConfig:
+        """The input pipeline's settings; `features` is the shards' front end (default: the reference's)."""
+        from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG
+        from musicrep.model.data import SamplerConfig
+
+        return SamplerConfig(
             batch_size=batch_size,
             pairs=self.objective == "simclr",
-            positive_max_distance_s=self.positive_max_distance_s,
-            snippet_frames=self.snippet_frames,
-            shuffle_buffer=self.shuffle_buffer,
-            draws_per_track=self.draws_per_track,
-            cycle_length=self.cycle_length,
-            seed=self.seed + 7_777_777 * stream,
+            sampling=self.sampling,
+            seed=self.seed + _STREAM_SEED_STEP * stream,
             pipeline_id=pipeline_id,
-            mixup=self.mixup,
-            mixup_alpha=self.mixup_alpha,
-            mixup_beta=self.mixup_beta,
-            features=features,
+            features=features or DEFAULT_FEATURE_CONFIG,
         )
 
+    @classmethod
+    def from_mapping(cls, mapping: dict[str, Any], *, where: str = "TrainConfig") -> TrainConfig:
+        """From flat settings (config.json's keys, the sampler's among them)."""
+        return dataconfig.from_mapping(cls, mapping, where=where)
+
+    def to_mapping(self) -> dict[str, Any]:
+        return dataconfig.to_mapping(self)
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.to_mapping(), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
-        fields = json.loads(text)
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ConfigError(f"unknown TrainConfig fields {unknown}")
-        return cls(**fields)
+        return cls.from_mapping(json.loads(text), where=CONFIG_FILE)
 
     @classmethod
     def load(cls, output_dir: str) -> TrainConfig:
@@ -203,10 +176,28 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
-    """What a finished (or stopped) run leaves: its step, last logged loss and where things are."""
+    """What a finished (or stopped) run leaves: what `musicrep pretrain` returns.
+
+    Attributes:
+      step: updates done (the run's `steps` unless it was stopped early).
+      loss: the loss of the last update (nan when no update ran in this call).
+      output_dir: the run directory.
+      export_dir: the backbone's model export; None when stopped early or not the chief.
+      resumed_from: the checkpoint step this call started from (0 for a fresh run).
+      model_id: the export's model id (None without an export).
+      seconds: wall time of this call.
+    """
 
     step: int
     loss: float
     output_dir: str
     export_dir: str | None
     resumed_from: int
+    model_id: str | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for the command line."""
+        where = f"export {self.export_dir} (model {self.model_id})" if self.export_dir else f"run {self.output_dir}, no export"
+        return (f"pretrain: step {self.step} (from {self.resumed_from}), final loss {self.loss:.4f}, "
+                f"{where}, {self.seconds:.1f} s")

@@ -192,7 +192,7 @@ def run(argv: list[str] | EmbedSettings | None = None) -> launch.JobResult:
         settings=settings.record(),
     )
     text = summary(done.manifest, output_dir=settings.output, elapsed_s=done.seconds)
-    return done.result("embed", kind=schema.EMBEDDINGS_PREFIX, summary=text)
+    return done.result("embed", kind=schema.EMBEDDINGS_PREFIX, text=text)
 
 
 def summary(manifest: dict, *, output_dir: str, elapsed_s: float) -> str:

@@ -367,7 +367,7 @@ def run(argv: list[str] | FeaturesSettings | None = None) -> launch.JobResult:
     counters = counter_values(done.pipeline_result)
     text = summary(done.manifest, counters, output_dir=settings.output, elapsed_s=done.seconds)
     audio = {"audio_seconds": counters["audio_seconds"]} if "audio_seconds" in counters else {}
-    return done.result("features", kind=SHARD_PREFIX, summary=text, counts=audio)
+    return done.result("features", kind=SHARD_PREFIX, text=text, counts=audio)
 
 
 def summary(manifest: dict, counters: dict[str, int], *, output_dir: str, elapsed_s: float) -> str:

@@ -37,10 +37,10 @@ class JobResult:
     committed: tuple[str, ...] = ()  # the committed files (features, embed)
     table_version: int | None = None  # reembed: the store's version after the run
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
-    summary: str = ""
+    text: str = ""  # what the command prints
 
-    def __str__(self) -> str:
-        return self.summary
+    def summary(self) -> str:
+        return self.text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Committed:
     seconds: float
     pipeline_result: Any
 
-    def result(self, job: str, *, kind: str, summary: str, counts: dict[str, int] | None = None) -> JobResult:
+    def result(self, job: str, *, kind: str, text: str, counts: dict[str, int] | None = None) -> JobResult:
         """The JobResult of a run whose outputs of `kind` are one record per track written
         (every input is one of those or one dead letter)."""
         totals = self.manifest["counts"]
@@ -65,7 +65,7 @@ class Committed:
             seconds=self.seconds,
             committed=tuple(entry["name"] for entry in self.manifest["files"]),
             counts={**totals, **(counts or {})},
-            summary=summary,
+            text=text,
         )
 
 

@@ -290,7 +290,7 @@ def _result(record: dict, *, store: str, version: int, seconds: float, committed
         seconds=seconds,
         table_version=version,
         counts={**plan, **{k: v for k, v in record.items() if k.startswith(("tracks_", "rows_", "files_"))}},
-        summary=summary(record, store=store, version=version, committed=committed),
+        text=summary(record, store=store, version=version, committed=committed),
     )
 
 

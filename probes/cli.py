@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
+import time
 
-from musicrep import fileio
-from musicrep.errors import ConfigError
+from musicrep import dataconfig, fileio
+from musicrep.probes.config import ProbeConfig
 from musicrep.probes.data import (DEFAULT_LABEL_COLUMNS, ProbeData, join_tracks, list_model_ids,
                                   read_embeddings, read_labels)
-from musicrep.probes.presets import (DEFAULT_GRID, PRESETS, TASKS, ProbePreset, generic_preset,
-                                     get_preset, parse_grid)
-from musicrep.probes.protocol import ProbeResult, ProbeSettings, run_probe
+from musicrep.probes.presets import DEFAULT_GRID, ProbePreset, generic_preset, get_preset, parse_grid
+from musicrep.probes.protocol import ProbeResult, ProbeSettings, run_probe, selection_metric
 from musicrep.probes.report import build_report, metric_label, write_predictions, write_report
 from musicrep.store.options import storage_options
 
@@ -26,85 +25,35 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """One option per ProbeConfig setting (musicrep.dataconfig)."""
     parser = argparse.ArgumentParser(prog="musicrep probe", description=__doc__.splitlines()[0])
-    parser.add_argument("--embeddings", required=True,
-                        help="a reembed store (Delta table), an embed output directory, a "
-                             "Parquet glob or file with track_id + embedding (local or gs://)")
-    parser.add_argument("--version", type=int, default=None,
-                        help="store only: probe this table version (default the latest)")
-    parser.add_argument("--as-of", default=None, metavar="TIME",
-                        help="store only: probe the version current at TIME (ISO 8601, UTC "
-                             "if no zone, e.g. 2026-11-30T02:00:00Z)")
-    parser.add_argument("--model-id", default=None,
-                        help="probe only the rows of this model id (input holding several)")
-    parser.add_argument("--each-model", action="store_true",
-                        help="probe every model id of the input, one report each in "
-                             "OUTPUT/<model id>/")
-    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="delta-rs object-store option for a store (repeatable)")
-    parser.add_argument("--labels", required=True,
-                        help="CSV or Parquet with track_id, split (train/valid/test) and targets")
-    parser.add_argument("--task", choices=TASKS,
-                        help="probe task; defaults to the preset's")
-    parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="a dataset of the spec's Table 2 (layers, dropout, batch, task)")
-    parser.add_argument("--label-column", default=None,
-                        help="target column(s), comma-separated; defaults: multilabel 'tags', "
-                             "multiclass 'label', key 'key', regression 'valence,arousal'")
-    parser.add_argument("--grid", default="",
-                        help="tuning grid, e.g. 'lr=1e-4,5e-4,steps=10000,l2=0,1e-5'; keys "
-                             "left out keep the default grid")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of the final runs")
-    parser.add_argument("--warmup-steps", type=int, default=None,
-                        help="learning-rate warm-up; default the preset's (1000, NSynth 5000)")
-    parser.add_argument("--bootstrap", type=int, default=1000,
-                        help="bootstrap resamples of the test tracks (0: no interval)")
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="probe tracks present on both sides and report the others "
-                             "instead of failing")
-    parser.add_argument("--descending-fifths", action="store_true",
-                        help="key task: also credit a fifth below (MIREX since 2017)")
-    parser.add_argument("--predictions", nargs="?", const="", default=None, metavar="PATH",
-                        help="write test predictions to Parquet (default DIR/predictions.parquet)")
-    parser.add_argument("--dataset", default=None, help="name shown in the report")
-    parser.add_argument("--output", required=True, help="output directory (local or gs://)")
+    dataconfig.add_arguments(parser, ProbeConfig)
     return parser
 
 
-def resolve_preset(args: argparse.Namespace) -> ProbePreset:
-    """The preset named by --preset, or a generic one for --task; they must agree."""
-    if args.preset is None:
-        if args.task is None:
-            raise ConfigError("give --task or --preset")
-        return generic_preset(args.task)
-    preset = get_preset(args.preset)
-    if args.task is not None and args.task != preset.task:
-        raise ConfigError(f"--task {args.task} contradicts preset {preset.name} ({preset.task})")
-    return preset
+def resolve_preset(config: ProbeConfig) -> ProbePreset:
+    """The preset named by `preset`, or a generic one for `task` (ProbeConfig checks they agree)."""
+    return get_preset(config.preset) if config.preset is not None else generic_preset(config.task)
 
 
-def settings_from_args(args: argparse.Namespace, preset: ProbePreset) -> ProbeSettings:
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1; got {args.seeds}")
-    return ProbeSettings(preset=preset, grid=parse_grid(args.grid, base=DEFAULT_GRID),
-                         seeds=tuple(range(args.seeds)), warmup_steps=args.warmup_steps,
-                         bootstrap_resamples=args.bootstrap,
-                         allow_descending_fifths=args.descending_fifths)
+def settings_from_config(config: ProbeConfig, preset: ProbePreset) -> ProbeSettings:
+    return ProbeSettings(preset=preset, grid=parse_grid(config.grid, base=DEFAULT_GRID),
+                         seeds=tuple(range(config.seeds)), warmup_steps=config.warmup_steps,
+                         bootstrap_resamples=config.bootstrap,
+                         allow_descending_fifths=config.descending_fifths)
 
 
-def model_outputs(args: argparse.Namespace) -> list[tuple[str | None, str]]:
-    """(model id to select, output directory) per probe run: one run, or with
-    --each-model one per model id of the input, in OUTPUT/<model id>/."""
-    if not args.each_model:
-        return [(args.model_id, args.output)]
-    if args.model_id is not None:
-        raise ConfigError("--each-model and --model-id exclude each other")
-    if args.predictions:
-        raise ConfigError("--each-model writes predictions into each model's folder: give "
-                          "--predictions without a path")
-    ids = list_model_ids(args.embeddings, version=args.version, as_of=args.as_of,
-                         options=storage_options(args.storage_option))
-    return [(model_id, fileio.join(args.output, model_slug(model_id))) for model_id in ids]
+def model_runs(config: ProbeConfig) -> list[ProbeConfig]:
+    """One config per probe run: the given one, or with each_model one per model id of
+    the input, writing to OUTPUT/<model id>/."""
+    source = config.input
+    if not source.each_model:
+        return [config]
+    ids = list_model_ids(source.embeddings, version=source.version, as_of=source.as_of,
+                         options=storage_options(list(source.storage_option)))
+    return [dataclasses.replace(config, output=fileio.join(config.output, model_slug(model_id)),
+                                input=dataclasses.replace(source, each_model=False, model_id=model_id))
+            for model_id in ids]
 
 
 def model_slug(model_id: str) -> str:
@@ -112,45 +61,104 @@ def model_slug(model_id: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in model_id)
 
 
-def execute(args: argparse.Namespace) -> tuple[ProbeData, ProbeResult, dict]:
-    """Read, probe, write one run (--model-id or the input's only model); returns the
+@dataclasses.dataclass(frozen=True)
+class ProbeRun:
+    """One probe run's outcome, as report.json says it.
+
+    Attributes:
+      dataset, task, model_id: what was probed.
+      output_dir: the run's folder (report.json, report.md, report.html).
+      metric: the headline metric (the task's selection metric); mean, std over seeds and
+        the 95 % bootstrap interval of the seed mean (None without bootstrap).
+      metrics: every metric: name -> {"mean", "std", "ci95"}.
+      predictions: the test predictions' Parquet, None when not asked for.
+    """
+
+    dataset: str
+    task: str
+    model_id: str
+    output_dir: str
+    metric: str
+    mean: float
+    std: float
+    ci95: tuple[float, float] | None
+    metrics: dict[str, dict]
+    predictions: str | None
+
+    @property
+    def report_json(self) -> str:
+        return fileio.join(self.output_dir, "report.json")
+
+    @property
+    def report_html(self) -> str:
+        return fileio.join(self.output_dir, "report.html")
+
+    def summary(self) -> str:
+        shown = []
+        for name, value in self.metrics.items():
+            interval = value["ci95"]
+            shown.append(f"{metric_label(name)} {value['mean']:.4f} ± {value['std']:.4f}"
+                         + (f" 95% [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""))
+        return f"{self.dataset} ({self.task}, model {self.model_id}): {'; '.join(shown)}; open {self.report_html}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeCommandResult:
+    """What `musicrep probe` returns: one run, or one per model id with --each-model."""
+
+    runs: tuple[ProbeRun, ...]
+    seconds: float
+
+    def summary(self) -> str:
+        """One line per run."""
+        return "\n".join(run.summary() for run in self.runs)
+
+
+def execute(config: ProbeConfig) -> tuple[ProbeData, ProbeResult, dict]:
+    """Read, probe, write one run (model_id or the input's only model); returns the
     data, the result and the report."""
-    preset = resolve_preset(args)
-    settings = settings_from_args(args, preset)
-    columns = (tuple(c.strip() for c in args.label_column.split(",") if c.strip())
-               if args.label_column else DEFAULT_LABEL_COLUMNS[preset.task])
-    embeddings = read_embeddings(args.embeddings, version=args.version, as_of=args.as_of,
-                                 model_id=args.model_id,
-                                 options=storage_options(args.storage_option))
-    data = join_tracks(embeddings, read_labels(args.labels),
+    preset = resolve_preset(config)
+    settings = settings_from_config(config, preset)
+    columns = (tuple(c.strip() for c in config.label_column.split(",") if c.strip())
+               if config.label_column else DEFAULT_LABEL_COLUMNS[preset.task])
+    source = config.input
+    embeddings = read_embeddings(source.embeddings, version=source.version, as_of=source.as_of,
+                                 model_id=source.model_id,
+                                 options=storage_options(list(source.storage_option)))
+    data = join_tracks(embeddings, read_labels(config.labels),
                        task=preset.task, label_columns=columns,
-                       allow_missing=args.allow_missing)
+                       allow_missing=config.allow_missing)
     result = run_probe(data, settings)
-    dataset = args.dataset or (preset.name if args.preset else "/".join(columns))
-    report = build_report(data, result, dataset=dataset, embeddings=args.embeddings,
-                          labels=args.labels)
-    write_report(report, args.output)
-    if args.predictions is not None:
-        path = args.predictions or args.output.rstrip("/") + "/predictions.parquet"
-        write_predictions(data, result, path)
+    dataset = config.dataset or (preset.name if config.preset else "/".join(columns))
+    report = build_report(data, result, dataset=dataset, embeddings=source.embeddings,
+                          labels=config.labels)
+    write_report(report, config.output)
+    if config.predictions_path is not None:
+        write_predictions(data, result, config.predictions_path)
     return data, result, report
 
 
-def run(argv: list[str] | None = None) -> int:
+def run_of(config: ProbeConfig, report: dict) -> ProbeRun:
+    """The ProbeRun of a finished run, from its report."""
+    metric = selection_metric(report["task"])
+    head = report["metrics"][metric]
+    return ProbeRun(
+        dataset=report["dataset"], task=report["task"], model_id=report["embedding"]["model_id"],
+        output_dir=config.output, metric=metric, mean=head["mean"], std=head["std"],
+        ci95=tuple(head["ci95"]) if head["ci95"] else None,
+        metrics={name: {key: value[key] for key in ("mean", "std", "ci95")}
+                 for name, value in report["metrics"].items()},
+        predictions=config.predictions_path)
+
+
+def run(argv: list[str] | None = None) -> ProbeCommandResult:
+    """Entry point of `musicrep probe`."""
+    started = time.perf_counter()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for model_id, output in model_outputs(args):
-        _, result, report = execute(argparse.Namespace(**{**vars(args), "model_id": model_id,
-                                                          "output": output}))
-        print(f"{report['dataset']} ({report['task']}, model {report['embedding']['model_id']}):")
-        for name, value in report["metrics"].items():
-            interval = value["ci95"]
-            shown = f"  95% [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
-            print(f"  {metric_label(name):>12}: {value['mean']:.4f} ± {value['std']:.4f}{shown}")
-        print(f"  selected {dataclasses.asdict(result.selected)}; report in {output} "
-              f"(open {fileio.join(output, 'report.html')})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run())
+    runs = []
+    for config in model_runs(dataconfig.from_arguments(ProbeConfig, args)):
+        _, result, report = execute(config)
+        logger.info("selected %s for %s", dataclasses.asdict(result.selected), config.output)
+        runs.append(run_of(config, report))
+    return ProbeCommandResult(tuple(runs), time.perf_counter() - started)

@@ -1,10 +1,12 @@
 """`musicrep probe-suite`: several probes × several embedding models, one table.
 
-The YAML names the embedding models and the probes; each probe entry holds `musicrep
-probe` options (`label_column: key` → `--label-column key`), on top of `defaults`. A
-model is what `--embeddings` takes (a store, an embed output, a glob, a file) or a
-mapping with `embeddings` and the store/model options (`version`, `as_of`, `model_id`,
-`each_model`: one model per model id of the input, named NAME/<id>, `storage_option`).
+The YAML names the embedding models and the probes; each probe entry holds settings of
+`musicrep probe` (`musicrep.probes.config.ProbeConfig`: `label_column: key` is
+`--label-column key`), on top of `defaults`. A model is what `--embeddings` takes (a
+store, an embed output, a glob, a file) or a mapping of `EmbeddingInput` settings:
+`embeddings` and the store/model options (`version`, `as_of`, `model_id`, `each_model`:
+one model per model id of the input, named NAME/<id>, `storage_option`). Every key and
+value is checked against those dataclasses before any probe runs (docs/configuration.md).
 Each run writes its report to OUTPUT/<model>/<dataset>/. OUTPUT/suite.md is the table
 with a row per model and a column per dataset and metric (cells `mean ± std` over
 seeds); OUTPUT/suite.html compares the models in the layout of the paper's Tables 3/4 (a
@@ -23,17 +25,21 @@ row per task, a column per model, with the 95 % intervals and links to the repor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
-import sys
+import time
+from typing import Any
 
 import numpy as np
 import yaml
 
+from musicrep import dataconfig
 from musicrep.errors import ConfigError
-from musicrep.probes import cli, pages
 from musicrep.fileio import read_text, write_text
+from musicrep.probes import cli, pages
+from musicrep.probes.config import EmbeddingInput, ProbeConfig
 from musicrep.probes.data import list_model_ids
 from musicrep.probes.protocol import paired_difference
 from musicrep.probes.report import metric_label
@@ -41,80 +47,80 @@ from musicrep.store.options import storage_options
 
 logger = logging.getLogger(__name__)
 
-# Keys the suite sets itself for every run.
-_RESERVED = {"embeddings", "output"}
-# What a model entry may say (besides `embeddings`): where and which rows to read.
-_MODEL_KEYS = {"embeddings", "version", "as_of", "model_id", "each_model", "storage_option"}
-
-
-def _flags(options: dict) -> list[str]:
-    argv = []
-    for key, value in options.items():
-        flag = "--" + str(key).replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, list):
-            for item in value:
-                argv += [flag, str(item)]
-        elif value is not False and value is not None:
-            argv += [flag, str(value)]
-    return argv
+SUITE_KEYS = ("output", "defaults", "models", "probes")
+DEFAULT_OUTPUT = "probe-suite"
+# Settings the suite sets itself for every run: where to write, and what to read (the model entry).
+_RESERVED = ("embeddings", "output")
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def load_suite(text: str) -> dict:
-    """Parse and check a suite YAML document."""
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """A checked suite document: models by name, probes as ProbeConfig settings (defaults merged)."""
+
+    output: str
+    models: dict[str, EmbeddingInput]
+    probes: tuple[dict[str, Any], ...]
+
+
+def load_suite(text: str) -> Suite:
+    """Parse and check a suite YAML document (every key and value; nothing runs before)."""
     try:
-        suite = yaml.safe_load(text)
+        document = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"suite config is not valid YAML: {error}") from error
-    if not isinstance(suite, dict):
+    if not isinstance(document, dict):
         raise ConfigError("suite config must be a mapping with 'models' and 'probes'")
+    unknown = sorted(str(key) for key in document if key not in SUITE_KEYS)
+    if unknown:
+        raise ConfigError(f"suite config: unknown key(s) {unknown}; known: {list(SUITE_KEYS)}")
     for key, kind in (("models", dict), ("probes", list)):
-        if not isinstance(suite.get(key), kind) or not suite[key]:
+        if not isinstance(document.get(key), kind) or not document[key]:
             raise ConfigError(f"suite config needs a non-empty {key!r} {kind.__name__}")
-    for probe in suite["probes"]:
+    output = document.get("output", DEFAULT_OUTPUT)
+    if not isinstance(output, str):
+        raise ConfigError(f"suite config: output must be str, got {output!r}")
+    defaults = dataconfig.check_settings(ProbeConfig, document.get("defaults") or {},
+                                         where="suite defaults", exclude=_RESERVED)
+    probes = []
+    for probe in document["probes"]:
         if not isinstance(probe, dict) or "labels" not in probe:
             raise ConfigError(f"each probe needs at least 'labels'; got {probe!r}")
-        if _RESERVED & set(probe):
-            raise ConfigError(f"probe {probe!r} may not set {sorted(_RESERVED & set(probe))}")
-    for name, model in suite["models"].items():
-        if isinstance(model, dict) and ("embeddings" not in model or set(model) - _MODEL_KEYS):
-            raise ConfigError(f"model {name!r} needs 'embeddings' and may set only "
-                              f"{sorted(_MODEL_KEYS - {'embeddings'})}; got {sorted(model)}")
-    return suite
+        probes.append({**defaults, **dataconfig.check_settings(ProbeConfig, probe, where=f"probe {probe!r}",
+                                                                exclude=_RESERVED)})
+    models = {}
+    for name, model in document["models"].items():
+        entry = model if isinstance(model, dict) else {"embeddings": str(model)}
+        models[str(name)] = dataconfig.from_mapping(EmbeddingInput, entry, where=f"model {name!r}")
+    return Suite(output=output.rstrip("/"), models=models, probes=tuple(probes))
 
 
-def model_entries(suite: dict) -> dict[str, dict]:
-    """Name → the `musicrep probe` options of its embeddings; an entry with `each_model`
-    becomes one entry per model id of its input, named NAME/<first 12 characters>."""
+def model_entries(suite: Suite) -> dict[str, EmbeddingInput]:
+    """Name → what to read; an entry with `each_model` becomes one entry per model id of
+    its input, named NAME/<first 12 characters>."""
     entries = {}
-    for name, model in suite["models"].items():
-        options = dict(model) if isinstance(model, dict) else {"embeddings": model}
-        if not options.pop("each_model", False):
-            entries[str(name)] = options
+    for name, source in suite.models.items():
+        if not source.each_model:
+            entries[name] = source
             continue
-        ids = list_model_ids(str(options["embeddings"]), version=options.get("version"),
-                             as_of=options.get("as_of"),
-                             options=storage_options(options.get("storage_option")))
+        ids = list_model_ids(source.embeddings, version=source.version, as_of=source.as_of,
+                             options=storage_options(list(source.storage_option)))
         for model_id in ids:
-            entries[f"{name}/{model_id[:12]}"] = {**options, "model_id": model_id}
+            entries[f"{name}/{model_id[:12]}"] = dataclasses.replace(source, each_model=False, model_id=model_id)
     return entries
 
 
-def probe_argv(suite: dict, model: str, probe: dict, entry: dict | None = None) -> list[str]:
-    """The `musicrep probe` arguments of one (model, probe) cell; `entry` is the model's
-    item of `model_entries` (default: suite["models"][model] as the embeddings)."""
-    entry = entry if entry is not None else {"embeddings": suite["models"][model]}
-    options = {**(suite.get("defaults") or {}), **probe}
-    dataset = str(options.get("dataset") or options.get("preset") or options["labels"])
-    options["dataset"] = dataset
-    output = suite.get("output", "probe-suite").rstrip("/")
-    return _flags(options) + _flags({**entry, "embeddings": str(entry["embeddings"])}) + [
-        "--output", f"{output}/{_slug(model)}/{_slug(dataset)}"]
+def probe_config(suite: Suite, model: str, probe: dict[str, Any], source: EmbeddingInput) -> ProbeConfig:
+    """The ProbeConfig of one (model, probe) cell: the probe's settings (store options it
+    gives are under the model entry's own), written to OUTPUT/<model>/<dataset>/."""
+    settings = dict(probe)
+    dataset = str(settings.get("dataset") or settings.get("preset") or settings["labels"])
+    return dataconfig.from_mapping(ProbeConfig, {**settings, **dataconfig.given(source), "dataset": dataset,
+                                                 "output": f"{suite.output}/{_slug(model)}/{_slug(dataset)}"},
+                                   where=f"probe {probe!r} of model {model!r}")
 
 
 def format_table(rows: dict[str, dict[tuple[str, str], tuple[float, float]]]) -> str:
@@ -164,42 +170,63 @@ def comparison_rows(cells: dict[str, dict[tuple[str, str], dict]]) -> list[dict]
             for dataset, metric in keys]
 
 
-def run(argv: list[str] | None = None) -> int:
+@dataclasses.dataclass(frozen=True)
+class SuiteResult:
+    """What `musicrep probe-suite` returns.
+
+    Attributes:
+      output_dir: the suite's folder.
+      table: the Markdown table (suite.md): a row per model, a column per dataset and metric.
+      pages: suite.md, suite.json and suite.html.
+      cells: model -> "dataset/metric" -> {"mean", "std", "ci95", "report", ("versus")}, as suite.json.
+      runs: the probe runs, one per (model, probe).
+      seconds: wall time.
+    """
+
+    output_dir: str
+    table: str
+    pages: tuple[str, ...]
+    cells: dict[str, dict[str, dict]]
+    runs: tuple[cli.ProbeRun, ...]
+    seconds: float
+
+    def summary(self) -> str:
+        """The table (the command's purpose), then where the comparison page is."""
+        return f"{self.table}\ncomparison page: {self.pages[-1]}"
+
+
+def run(argv: list[str] | None = None) -> SuiteResult:
+    """Entry point of `musicrep probe-suite`."""
+    started = time.perf_counter()
     parser = argparse.ArgumentParser(prog="musicrep probe-suite",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="suite YAML (local or gs://)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    probe_parser = cli.build_parser()
     suite = load_suite(read_text(args.config))
-    output = suite.get("output", "probe-suite").rstrip("/")
-    cells: dict[str, dict[tuple[str, str], dict]] = {}
+    output = suite.output
+    entries = model_entries(suite)
+    # Every cell's config is built (and checked) before the first probe runs.
+    plan = [(model, probe_config(suite, model, probe, source))
+            for model, source in entries.items() for probe in suite.probes]
+    cells: dict[str, dict[tuple[str, str], dict]] = {model: {} for model in entries}
     first_runs: dict[str, tuple] = {}  # dataset -> the first model's (name, data, result)
-    for model, entry in model_entries(suite).items():
-        cells[model] = {}
-        for probe in suite["probes"]:
-            probe_args, unknown = probe_parser.parse_known_args(probe_argv(suite, model, probe, entry))
-            if unknown:
-                raise ConfigError(f"probe {probe!r} has unknown options {unknown}")
-            data, result, report = cli.execute(probe_args)
-            page = probe_args.output[len(output):].lstrip("/") + "/report.html"
-            first = first_runs.setdefault(report["dataset"], (model, data, result))
-            for metric in _headline(report):
-                mean, std = result.summary(metric)
-                cells[model][(report["dataset"], metric)] = {
-                    "mean": mean, "std": std, "ci95": report["metrics"][metric]["ci95"],
-                    "report": page, **_versus(first, model, data, result, metric)}
+    runs = []
+    for model, config in plan:
+        data, result, report = cli.execute(config)
+        runs.append(cli.run_of(config, report))
+        page = config.output[len(output):].lstrip("/") + "/report.html"
+        first = first_runs.setdefault(report["dataset"], (model, data, result))
+        for metric in _headline(report):
+            mean, std = result.summary(metric)
+            cells[model][(report["dataset"], metric)] = {
+                "mean": mean, "std": std, "ci95": report["metrics"][metric]["ci95"],
+                "report": page, **_versus(first, model, data, result, metric)}
     table = format_table({model: {key: (cell["mean"], cell["std"]) for key, cell in by_task.items()}
                           for model, by_task in cells.items()})
-    write_text(f"{output}/suite.md", table + "\n")
-    write_text(f"{output}/suite.json", json.dumps(
-        {model: {f"{d}/{m}": cell for (d, m), cell in by_task.items()} for model, by_task in cells.items()},
-        indent=2))
-    write_text(f"{output}/suite.html", pages.suite_html(comparison_rows(cells), list(cells)))
-    print(table)
-    print(f"comparison page: {output}/suite.html")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run())
+    by_key = {model: {f"{d}/{m}": cell for (d, m), cell in by_task.items()} for model, by_task in cells.items()}
+    paths = (f"{output}/suite.md", f"{output}/suite.json", f"{output}/suite.html")
+    write_text(paths[0], table + "\n")
+    write_text(paths[1], json.dumps(by_key, indent=2))
+    write_text(paths[2], pages.suite_html(comparison_rows(cells), list(cells)))
+    return SuiteResult(output, table, paths, by_key, tuple(runs), time.perf_counter() - started)

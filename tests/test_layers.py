@@ -17,7 +17,7 @@ FOLDERS = {"core": "musicrep", "contracts": "musicrep.contracts", "features": "m
 # Bottom to top; a module may import its own layer and the ones below, never one above.
 LAYERS = [
     ("base", ["musicrep.errors", "musicrep.fileio", "musicrep.manifest", "musicrep.labels",
-              "musicrep.native_logging", "musicrep.flink_cluster", "musicrep.contracts"]),
+              "musicrep.native_logging", "musicrep.flink_cluster", "musicrep.dataconfig", "musicrep.contracts"]),
     ("features", ["musicrep.features"]),
     ("model", ["musicrep.model"]),
     ("store", ["musicrep.store"]),

@@ -2,7 +2,7 @@
 import keras
 import pytest
 
-from musicrep.model import build_sf_nfnet
+from musicrep.model.sf_nfnet import build_sf_nfnet
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from musicrep.errors import ConfigError
-from musicrep.model import SF_NFNET_VARIANTS, engines, save
+from musicrep.model import engines
+from musicrep.model.export import save
+from musicrep.model.sf_nfnet import SF_NFNET_VARIANTS
 from musicrep.model.layers import WSConv2D
 
 

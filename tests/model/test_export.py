@@ -8,10 +8,12 @@ import pytest
 
 from musicrep.errors import MusicrepError
 from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG
-from musicrep.model import SF_NFNET_VARIANTS, load, projector, read_metadata, save
+from musicrep import cli as musicrep_cli
 from musicrep.model import cli
+from musicrep.model.export import load, read_metadata, save
+from musicrep.model.projector import projector
+from musicrep.model.sf_nfnet import SF_NFNET_VARIANTS, SFNFNetConfig, build_sf_nfnet
 from musicrep.model.export import SIDECAR_FILE, compute_model_id
-from musicrep.model.sf_nfnet import SFNFNetConfig
 
 
 @pytest.fixture
@@ -61,14 +63,24 @@ def test_load_refuses_weights_that_do_not_match_the_sidecar(tiny_export, tmp_pat
 
 
 def test_cli_init_and_info(tmp_path, capsys):
-    outputs = {}
+    results = {}
     for run_name, seed in (("a", 4), ("b", 4), ("c", 5)):
-        assert cli.run(["init", "--config", "tiny", "--seed", str(seed), "--output", str(tmp_path / run_name)]) == 0
-        outputs[run_name] = json.loads(capsys.readouterr().out)
-    assert outputs["a"]["model_id"] == outputs["b"]["model_id"] != outputs["c"]["model_id"]
-    assert outputs["a"]["source"] == "init seed=4"
-    assert cli.run(["info", str(tmp_path / "c")]) == 0
-    assert json.loads(capsys.readouterr().out) == outputs["c"]
+        result = cli.run(["init", "--config", "tiny", "--seed", str(seed), "--output", str(tmp_path / run_name)])
+        assert result.export_dir == str(tmp_path / run_name)
+        assert result.metadata == read_metadata(result.export_dir)  # what was written is what it says
+        results[run_name] = result
+    assert results["a"].model_id == results["b"].model_id != results["c"].model_id
+    assert results["a"].metadata.source == "init seed=4"
+    assert results["a"].metadata.n_parameters == build_sf_nfnet("tiny").count_params()
+    info = cli.run(["info", str(tmp_path / "c")])
+    assert (info.command, info.export_dir, info.metadata) == ("info", str(tmp_path / "c"), results["c"].metadata)
+    # The command line prints the result: one line for init, the sidecar for info.
+    assert musicrep_cli.main(["model", "init", "--config", "tiny", "--seed", "4", "--output", str(tmp_path / "d")]) == 0
+    printed = capsys.readouterr().out
+    assert printed == f"model init: wrote {tmp_path / 'd'} (model {results['a'].model_id}, tiny, " \
+                      f"{results['a'].metadata.n_parameters:,} parameters)\n"
+    assert musicrep_cli.main(["model", "info", str(tmp_path / "c")]) == 0
+    assert json.loads(capsys.readouterr().out)["model_id"] == results["c"].model_id
 
 
 def test_projector_matches_spec():

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from musicrep.errors import ConfigError
-from musicrep.model import cli, load
+from musicrep.model import cli
+from musicrep.model.export import load, read_metadata
 from musicrep.model.mule_import import _creation_index, _snake_case, import_mule
 from mule_reference import reference_embeddings, reference_model
 
@@ -28,7 +29,9 @@ def test_import_mule_matches_the_reference(tmp_path, rng):
     assert reference.shape == (3, 1728) and reference.std() > 0.05  # the residual branches contribute
 
     export_uri = str(tmp_path / "export")
-    assert cli.run(["import-mule", str(reference_files.keras_file), "--output", export_uri]) == 0
+    result = cli.run(["import-mule", str(reference_files.keras_file), "--output", export_uri])
+    assert result.export_dir == export_uri and result.metadata.n_parameters == 62_345_742
+    assert result.model_id == read_metadata(export_uri).model_id
     ours = np.asarray(load(export_uri)(log_mel))
     # float32 through ~60 layers on two TF versions: measured max |Δ| ≈ 7e-7.
     assert np.max(np.abs(ours - reference)) <= 1e-4

@@ -13,7 +13,9 @@ import pytest
 
 from musicrep.features import decode, log_mel
 from musicrep.features.windows import cut_windows, window_starts
-from musicrep.model import SF_NFNET_VARIANTS, build_sf_nfnet, engines, save
+from musicrep.model import engines
+from musicrep.model.export import save
+from musicrep.model.sf_nfnet import SF_NFNET_VARIANTS, build_sf_nfnet
 from musicrep.testing import encode_audio, plan_catalog, render_track
 
 MIN_COSINE = 0.999
@@ -85,7 +87,8 @@ def test_imported_reference_weights_bf16_match_fp32(tmp_path, monkeypatch, engin
     from musicrep.model import cli
 
     uri = str(tmp_path / "mule")
-    assert cli.run(["import-mule", str(reference_model(seed=7).keras_file), "--output", uri]) == 0
+    result = cli.run(["import-mule", str(reference_model(seed=7).keras_file), "--output", uri])
+    assert (result.export_dir, result.metadata.config["name"]) == (uri, "F0")
     tracks = [windows[:2] for windows in synthetic_tracks(3, 6.0)]
     min_cosine, _ = compare_track_embeddings(uri, engine, tracks, monkeypatch)
     assert min_cosine >= MIN_COSINE

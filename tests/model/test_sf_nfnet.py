@@ -5,7 +5,7 @@ import pytest
 from scipy.special import erf
 
 from musicrep.errors import ConfigError
-from musicrep.model import SF_NFNET_VARIANTS, build_sf_nfnet, sf_nfnet_f0, stage_activation_stats
+from musicrep.model.sf_nfnet import SF_NFNET_VARIANTS, build_sf_nfnet, sf_nfnet_f0, stage_activation_stats
 from musicrep.model.sf_nfnet import stage_output_names
 
 F0 = SF_NFNET_VARIANTS["F0"]

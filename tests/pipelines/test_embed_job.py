@@ -161,7 +161,7 @@ def test_skip_existing_recomputes_only_new_or_changed_tracks(catalog, embedded, 
     # b and e are computed (2 + 1 windows); a and sub/c are copied; blip fails again.
     assert (result.tracks_in, result.tracks_out, result.tracks_failed) == (5, 4, 1)
     assert (result.counts["carried"], result.counts["windows_embedded"]) == (2, 3)
-    assert "5 tracks read, 2 embedded, 2 unchanged (copied), 1 failed; 3 windows" in result.summary
+    assert "5 tracks read, 2 embedded, 2 unchanged (copied), 1 failed; 3 windows" in result.summary()
     before, after = read_embeddings(embedded), read_embeddings(out)
     assert sorted(after.index) == ["a", "b", "e", "sub/c"]
     for track_id in ("a", "sub/c"):
@@ -294,7 +294,7 @@ def test_a_truncated_shard_gives_the_tracks_before_the_damage_and_one_dead_lette
     too_short = {e["track_id"] for e in errors if e["stage"] == "too_short"}
     assert set(read_embeddings(out).index) | too_short == expected
     # Every complete record is a row or a dead letter, and the damaged shard one more.
-    assert result.tracks_in == complete + 1 and result.summary.startswith(f"embed: {complete + 1} tracks read")
+    assert result.tracks_in == complete + 1 and result.summary().startswith(f"embed: {complete + 1} tracks read")
 
 
 def _complete_records(truncated_gzip: bytes) -> int:

@@ -127,7 +127,7 @@ def test_job_writes_features_equal_to_the_bare_functions(good_catalog, tmp_path)
     files = committed(out, "features") + committed(out, "errors")
     assert sorted(result.committed) == sorted(os.path.basename(p) for p in files) and len(files) == 3
     assert result.run_id in result.committed[0] and result.seconds > 0
-    assert result.summary.startswith("features: 4 tracks read, 4 written, 0 failed")
+    assert result.summary().startswith("features: 4 tracks read, 4 written, 0 failed")
     for path in glob.glob(f"{good_catalog}/**/*.*", recursive=True):
         track_id = os.path.splitext(os.path.relpath(path, good_catalog))[0]
         record = records[track_id]
@@ -167,7 +167,7 @@ def test_bad_inputs_are_written_or_dead_lettered_and_counts_add_up(bad_catalog, 
     # Eight tones summed: louder than one channel could be (SPEC §1's channel sum).
     assert records["eight channels 96k"].log_mel.max() > 0
     assert (result.tracks_in, result.tracks_out, result.tracks_failed) == (len(inputs), len(records), len(failed))
-    assert f"{len(inputs)} tracks read, {len(records)} written, {len(failed)} failed" in result.summary
+    assert f"{len(inputs)} tracks read, {len(records)} written, {len(failed)} failed" in result.summary()
 
 
 def test_manifest_with_duplicate_ids_dead_letters_the_extra_uri(good_catalog, tmp_path):

@@ -58,7 +58,7 @@ def test_only_changes_are_read_and_committed_in_one_transaction(tmp_path, tiny_m
     result = reembed.run(args)  # nothing changed: nothing read, no commit
     assert DeltaTable(store).version() == 1
     assert (result.run_id, result.tracks_in, result.table_version) == (None, 0, 1)
-    assert "all unchanged: nothing read, nothing committed (store version 1)" in result.summary
+    assert "all unchanged: nothing read, nothing committed (store version 1)" in result.summary()
 
     write_audio(str(catalog / "t1.flac"), tone(370.0, 5.0, 44100), 44100)  # new bytes
     os.remove(catalog / "t2.flac")
@@ -80,7 +80,7 @@ def test_only_changes_are_read_and_committed_in_one_transaction(tmp_path, tiny_m
     assert after.loc["t1", "content_sha256"] != first.loc["t1", "content_sha256"]
     np.testing.assert_allclose(after.loc["t3", "embedding"], first.loc["t0", "embedding"], atol=1e-6)
     assert sorted(rows(store, version=1).index) == ["t0", "t1", "t2"]  # time travel: the old snapshot
-    out = result.summary
+    out = result.summary()
     assert (result.tracks_in, result.tracks_out, result.table_version) == (3, 2, 2)
     assert result.counts["tracks_content_unchanged"] == 1 and result.counts["rows_rewritten"] == 1
     assert "3 tracks listed: 1 new, 2 changed, 0 stale, 1 deleted, 0 unchanged" in out

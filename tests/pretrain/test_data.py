@@ -11,6 +11,7 @@ from scipy import stats
 
 from musicrep.errors import ConfigError
 from musicrep.model.data import SamplerConfig, max_start_offset, read_labels, sample_snippets
+from musicrep.model.sampling import SamplingConfig
 
 LENGTHS = [200, 299, 300, 301, 450, 640, 900, 1300, 250, 777]  # three shorter than a snippet
 SHORT = {i for i, n in enumerate(LENGTHS) if n < 300}
@@ -47,13 +48,13 @@ def test_snippets_are_unpadded_slices_of_the_track_frequency_first(indexed_shard
 def test_float16_shards_decode(tmp_path, shard_writer, indexed):
     values = (indexed(0, 400) % 1000 / 250).astype(np.float16).astype(np.float32)  # exact in float16
     pattern = shard_writer(str(tmp_path), [("a", values)], dtype="float16")
-    draws = take(sample_snippets(pattern, SamplerConfig(batch_size=4, shuffle_buffer=1)), 2)
+    draws = take(sample_snippets(pattern, SamplerConfig(batch_size=4, sampling=SamplingConfig(shuffle_buffer=1))), 2)
     for row, start in enumerate(draws["start"]):
         np.testing.assert_array_equal(draws["log_mel"][row], values[start : start + 300].T)
 
 
 def test_pair_centres_are_closer_than_the_limit(indexed_shards):
-    config = SamplerConfig(batch_size=64, pairs=True, positive_max_distance_s=2.0, seed=5)
+    config = SamplerConfig(batch_size=64, pairs=True, seed=5, sampling=SamplingConfig(positive_max_distance_s=2.0))
     draws = take(sample_snippets(indexed_shards, config), 20)
     distance = np.abs(draws["start"] - draws["start_b"])
     assert max_start_offset(2.0, frames_per_second=100.0) == config.max_start_offset() == 199
@@ -63,7 +64,7 @@ def test_pair_centres_are_closer_than_the_limit(indexed_shards):
 
 
 def test_clip_mode_draws_both_views_anywhere_in_the_clip(indexed_shards):
-    config = SamplerConfig(batch_size=64, pairs=True, positive_max_distance_s=None, seed=5)
+    config = SamplerConfig(batch_size=64, pairs=True, seed=5, sampling=SamplingConfig(positive_max_distance_s=None))
     draws = take(sample_snippets(indexed_shards, config), 20)
     tracks = track_index(draws["track_id"])
     long = tracks == 7  # 1300 frames: starts 0 … 1000
@@ -72,7 +73,7 @@ def test_clip_mode_draws_both_views_anywhere_in_the_clip(indexed_shards):
 
 
 def test_short_tracks_are_never_drawn_and_are_counted(indexed_shards):
-    draws = take(sample_snippets(indexed_shards, SamplerConfig(batch_size=8, shuffle_buffer=1, seed=1)), 40)
+    draws = take(sample_snippets(indexed_shards, SamplerConfig(batch_size=8, seed=1, sampling=SamplingConfig(shuffle_buffer=1))), 40)
     assert not set(track_index(draws["track_id"])) & SHORT
     # One shard, so every pass reads the tracks in file order: the running counts are exact.
     for read, short in zip(draws["tracks_read"], draws["tracks_short"]):
@@ -85,7 +86,7 @@ def test_tracks_are_drawn_uniformly_with_replacement(tmp_path, shard_writer, rng
     n_tracks = 25
     tracks = [(f"t{i}", rng.random((300 + 7 * i, 96), dtype=np.float32)) for i in range(n_tracks)]
     pattern = shard_writer(str(tmp_path), tracks, n_shards=3)
-    draws = take(sample_snippets(pattern, SamplerConfig(batch_size=100, shuffle_buffer=1, seed=11)), 60)
+    draws = take(sample_snippets(pattern, SamplerConfig(batch_size=100, seed=11, sampling=SamplingConfig(shuffle_buffer=1))), 60)
     # Draws per record read: Poisson(1), the streaming form of n draws with replacement from n.
     reads = draws["tracks_read"]
     complete = reads < reads.max()  # the last record's draws may be cut by the batch boundary
@@ -105,7 +106,7 @@ def test_tracks_are_drawn_uniformly_with_replacement(tmp_path, shard_writer, rng
 
 
 def test_more_draws_per_track_read(indexed_shards):
-    config = SamplerConfig(batch_size=64, shuffle_buffer=1, seed=4, draws_per_track=4.0)
+    config = SamplerConfig(batch_size=64, seed=4, sampling=SamplingConfig(shuffle_buffer=1, draws_per_track=4.0))
     draws = take(sample_snippets(indexed_shards, config), 10)
     reads = draws["tracks_read"]
     usable_reads = reads.max() * (len(LENGTHS) - len(SHORT)) / len(LENGTHS)
@@ -127,7 +128,7 @@ def test_supervised_labels_are_multi_hot_and_unlabelled_tracks_skipped(indexed_s
     labels_path.write_text("track_id,tags\nt3,rock|sad\nt4,rock\nt5,jazz\nt6,\nt9,sad|jazz\n")
     labels = read_labels(str(labels_path))
     assert labels.vocabulary == ("jazz", "rock", "sad")
-    config = SamplerConfig(batch_size=8, shuffle_buffer=1, seed=2)
+    config = SamplerConfig(batch_size=8, seed=2, sampling=SamplingConfig(shuffle_buffer=1))
     draws = take(sample_snippets(indexed_shards, config, labels=labels), 20)
     expected = {3: [0, 1, 1], 4: [0, 1, 0], 5: [1, 0, 0], 6: [0, 0, 0], 9: [1, 0, 1]}
     tracks = track_index(draws["track_id"])
@@ -154,7 +155,7 @@ def test_bad_inputs_raise(tmp_path):
     with pytest.raises(ConfigError, match="no file matches"):
         sample_snippets(str(tmp_path / "none-*.gz"), SamplerConfig(batch_size=2))
     with pytest.raises(ConfigError, match="positive_max_distance_s must be > 0, got -1"):
-        SamplerConfig(batch_size=2, positive_max_distance_s=-1)
+        SamplerConfig(batch_size=2, sampling=SamplingConfig(positive_max_distance_s=-1))
     (tmp_path / "l.csv").write_text("track,tags\n")
     with pytest.raises(ConfigError, match=r"lack column\(s\) \['track_id'\]; columns: \['track', 'tags'\]"):
         read_labels(str(tmp_path / "l.csv"))

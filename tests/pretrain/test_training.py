@@ -11,7 +11,9 @@ import tensorflow as tf
 from musicrep import cli
 from musicrep.errors import ConfigError
 from musicrep.contracts.feature_config import FeatureConfig
-from musicrep.model import NonFiniteLossError, TrainConfig, load, read_metadata, train
+from musicrep.model.export import load, read_metadata
+from musicrep.model.training import NonFiniteLossError, train
+from musicrep.model.training_config import TrainConfig
 from musicrep.model.pretrain import run as pretrain_run
 
 STEPS = 18
@@ -35,7 +37,7 @@ def tiny_config(catalog, output_dir, **overrides) -> TrainConfig:
         seed=5,
     )
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return TrainConfig.from_mapping(settings)
 
 
 def read_metrics(output_dir) -> list[dict]:
@@ -78,7 +80,12 @@ def test_resume_after_an_interruption_gives_the_same_weights(simclr_run, tmp_pat
     # Dies after step 10: the checkpoint of step 6 survives, steps 7–10 are lost.
     stopped = train(interrupted, progress=False, stop_at_step=10)
     assert stopped.step == 10 and stopped.export_dir is None
-    assert pretrain_run(["simclr", "--resume", "--output", interrupted.output_dir, "--no-progress"]) == 0
+    resumed = pretrain_run(["simclr", "--resume", "--output", interrupted.output_dir, "--no-progress"])
+    assert (resumed.step, resumed.resumed_from, resumed.output_dir) == (STEPS, 6, interrupted.output_dir)
+    assert resumed.export_dir == os.path.join(interrupted.output_dir, "export")
+    assert resumed.model_id == read_metadata(resumed.export_dir).model_id
+    assert resumed.loss == read_metrics(interrupted.output_dir)[-1]["loss"]  # log_every=1: the last step's loss
+    assert resumed.seconds > 0
     metrics = read_metrics(interrupted.output_dir)
     assert [r["step"] for r in metrics] == list(range(1, STEPS + 1))
     reference = read_metrics(config.output_dir)
@@ -124,6 +131,29 @@ def test_cli_refuses_bad_invocations(tmp_path, capsys):
     assert capsys.readouterr().err == f"musicrep pretrain: {tmp_path / 'b'} has no config.json: nothing to resume\n"
     with pytest.raises(SystemExit):
         pretrain_run(["simclr", "--positive-max-distance-s", "soon", "--output", "c"])
+    assert "expected seconds or 'clip', got 'soon'" in capsys.readouterr().err
+    # Bounds and finiteness come from the TrainConfig fields: one line each, exit 2.
+    base = ["pretrain", "simclr", "--features", "x*", "--output", str(tmp_path / "d")]
+    for extra, message in ((["--batch-size", "0"], "batch_size must be ≥ 1, got 0"),
+                           (["--peak-lr", "inf"], "peak_lr must be a finite number, got inf"),
+                           (["--draws-per-track", "0"], "draws_per_track must be > 0, got 0.0"),
+                           (["--warmup-steps", "10", "--steps", "10"], "need 0 <= warmup_steps < total_steps"),
+                           (["--config", "F1"], "model_config must be one of ['F0', 'tiny'], got 'F1'")):
+        assert cli.main(base + extra) == 2, extra
+        error = capsys.readouterr().err
+        assert error.startswith(f"musicrep pretrain: {message}") and error.count("\n") == 1, error
+    assert not os.path.exists(tmp_path / "d")
+
+
+def test_a_stored_config_with_unknown_or_bad_settings_is_refused(tmp_path, capsys):
+    good = TrainConfig(objective="simclr", features="f*", output_dir=str(tmp_path))
+    fields = json.loads(good.to_json())
+    (tmp_path / "config.json").write_text(json.dumps({**fields, "lr": 1e-3, "warmup": 5}))
+    assert cli.main(["pretrain", "simclr", "--resume", "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("musicrep pretrain: config.json: unknown setting(s) ['lr', 'warmup']; known: ")
+    (tmp_path / "config.json").write_text(json.dumps({**fields, "steps": "many"}))
+    assert cli.main(["pretrain", "simclr", "--resume", "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "musicrep pretrain: steps must be int, got 'many'\n"
 
 
 def test_cli_builds_the_config(tmp_path):
@@ -134,8 +164,33 @@ def test_cli_builds_the_config(tmp_path):
          "--positive-max-distance-s", "clip", "--no-mixup", "--batch-size", "16"]
     )
     config = config_from_args(args)
-    assert config.positive_max_distance_s is None and not config.mixup and config.global_batch_size == 16
+    assert config.sampling.positive_max_distance_s is None and not config.sampling.mixup
+    assert config.global_batch_size == 16 and config.model_config == "tiny"
     assert TrainConfig.from_json(config.to_json()) == config
+    # config.json stays flat: the sampler's settings beside the others, as before.
+    stored = json.loads(config.to_json())
+    assert stored["positive_max_distance_s"] is None and stored["mixup"] is False and "sampling" not in stored
+    assert stored["cycle_length"] == 8 and stored["projector_hidden"] is None
+    # The sampler reads the same settings object, no copy.
+    sampler = config.sampler_config(batch_size=4, stream=1)
+    assert sampler.sampling is config.sampling and sampler.seed == config.seed + 7_777_777 and sampler.pairs
+    # Every option of the hand-written parser it replaced still parses to its field.
+    old_flags = ["supervised", "--features", "f*", "--labels", "l.csv", "--output", "o", "--config", "tiny",
+                 "--batch-size", "8", "--steps", "100", "--warmup-steps", "10", "--peak-lr", "1e-3",
+                 "--mixup", "--positive-max-distance-s", "2.5", "--temperature", "0.2", "--seed", "3",
+                 "--checkpoint-every", "7", "--log-every", "2", "--shuffle-buffer", "64",
+                 "--draws-per-track", "4", "--xla", "--bf16", "--deterministic", "--no-progress"]
+    parsed = build_parser().parse_args(old_flags)
+    full = config_from_args(parsed)
+    assert (full.objective, full.labels, full.output_dir, full.batch_size, full.steps, full.warmup_steps) == (
+        "supervised", "l.csv", "o", 8, 100, 10)
+    assert (full.peak_lr, full.temperature, full.seed, full.checkpoint_every, full.log_every) == (1e-3, 0.2, 3, 7, 2)
+    assert (full.sampling.mixup, full.sampling.positive_max_distance_s, full.sampling.shuffle_buffer,
+            full.sampling.draws_per_track) == (True, 2.5, 64, 4.0)
+    assert full.xla and full.mixed_precision and full.deterministic and parsed.progress is False
+    widths = config_from_args(build_parser().parse_args(
+        ["simclr", "--features", "f", "--output", "o", "--projector-hidden", "32,16", "--no-checkpoint-input"]))
+    assert widths.projector_widths == (32, 16) and not widths.checkpoint_input
     paper = TrainConfig(objective="supervised", features="f", output_dir="o", labels="l.csv")
     assert (paper.global_batch_size, paper.steps, paper.warmup_steps, paper.peak_lr) == (512, 200_000, 5_000, 2e-4)
     assert paper.projector_widths == (4096, 4096, 4096) and paper.decay_steps == 195_000
