@@ -128,6 +128,10 @@ def test_worker_installs_this_package_without_dependencies():
     folders |= set(_setup_py_constants()["SUBPACKAGES"])
     assert "core" in folders
     assert folders | {"setup.py"} <= copied, f"not copied: {folders - copied}"
+    # The build context ignores everything but what it lets in again: every package folder.
+    allowed = {line[1:].split("/")[0] for line in (ROOT / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    assert folders | {"setup.py"} <= allowed, f"not in the build context: {folders - allowed}"
 
 
 def test_model_can_be_baked_in():
