@@ -316,6 +316,15 @@ def iterate_shard_records(handle: BinaryIO) -> Iterator[bytes]:
         offset += _RECORD_HEADER.size + length + 4
 
 
+def write_shard_record(handle: BinaryIO, data: bytes) -> None:
+    """Writes one serialized record with TFRecord's framing (what iterate_shard_records
+    and tf.data read): length, masked CRC-32C of the length, data, masked CRC-32C of it."""
+    length = struct.pack("<Q", len(data))
+    handle.write(length + struct.pack("<I", _masked_crc32c(length)))
+    handle.write(data)
+    handle.write(struct.pack("<I", _masked_crc32c(data)))
+
+
 def _masked_crc32c(data: bytes) -> int:
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF

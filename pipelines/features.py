@@ -14,12 +14,15 @@ import argparse
 import csv
 import dataclasses
 import glob
+import gzip
 import logging
 import os
 import time
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
+from apache_beam.coders import BytesCoder
+from apache_beam.io.filebasedsink import FileBasedSink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -27,7 +30,7 @@ from apache_beam.metrics import Metrics
 from musicrep import fileio
 from musicrep.errors import ConfigError, TooShortError, TrackTimeoutError
 from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FeatureConfig
-from musicrep.features.shards import SHARD_KIND, FeatureRecord, serialize_record
+from musicrep.features.shards import SHARD_KIND, SHARD_SUFFIX, FeatureRecord, serialize_record, write_shard_record
 from musicrep.features.stream import SEGMENT_FRAMES, Segmenter, Stopwatch, TrackLogMel, check_time_budget
 from musicrep.manifest import MANIFEST_NAME
 from musicrep.pipelines import commit
@@ -39,6 +42,9 @@ logger = logging.getLogger(__name__)
 SHARD_PREFIX = SHARD_KIND
 OUTPUT_PREFIXES = (SHARD_PREFIX, ERRORS_PREFIX)
 _PROGRESS_EVERY_S = 10.0
+# gzip level of the shards. Level 1 costs half of Beam's default 6 in CPU (per 720 s of
+# audio 0.44 s against 0.82 s) for 0.7 % larger shards: float16 log-mel barely compresses.
+DEFAULT_GZIP_LEVEL = 1
 
 
 def is_manifest(source: str) -> bool:
@@ -336,6 +342,7 @@ def build_pipeline(
     dtype: str = "float16",
     config: FeatureConfig = DEFAULT_FEATURE_CONFIG,
     time_budget_s: float | None = None,
+    gzip_level: int = DEFAULT_GZIP_LEVEL,
 ) -> None:
     """The features job: list → group by track id → decode + log-mel → shards + errors,
     and the number of each (for the commit) written next to them in `output_dir`."""
@@ -345,17 +352,53 @@ def build_pipeline(
         | "ExtractLogMel" >> ExtractLogMel(config, time_budget_s=time_budget_s)
     )
     serialized = results["features"] | "Serialize" >> beam.Map(serialize_record, dtype=dtype)
-    _ = serialized | "WriteShards" >> beam.io.WriteToTFRecord(
-        FileSystems.join(output_dir, SHARD_PREFIX),
-        file_name_suffix=".tfrecord.gz",
-        num_shards=num_shards,
-        shard_name_template=SHARD_TEMPLATE,
-        compression_type=CompressionTypes.GZIP,
+    _ = serialized | "WriteShards" >> beam.io.Write(
+        GzipTFRecordSink(FileSystems.join(output_dir, SHARD_PREFIX), num_shards=num_shards, gzip_level=gzip_level)
     )
     _ = results["errors"] | "WriteErrors" >> WriteDeadLetters(output_dir)
     # Tracks, not records: a long track is several segments, the last one final.
     _ = results["features"] | "CountShardTracks" >> commit.WriteTotal(output_dir, SHARD_PREFIX, _final)
     _ = results["errors"] | "CountErrors" >> commit.WriteTotal(output_dir, ERRORS_PREFIX)
+
+
+class GzipTFRecordSink(FileBasedSink):
+    """Gzip TFRecord shards (what beam.io.WriteToTFRecord writes) at a chosen gzip level:
+    Beam's sink always compresses at zlib's default level 6."""
+
+    def __init__(self, file_path_prefix: str, *, num_shards: int = 0, gzip_level: int = DEFAULT_GZIP_LEVEL):
+        super().__init__(
+            file_path_prefix, BytesCoder(), file_name_suffix=SHARD_SUFFIX, num_shards=num_shards,
+            shard_name_template=SHARD_TEMPLATE, compression_type=CompressionTypes.UNCOMPRESSED,
+        )
+        self._gzip_level = check_gzip_level(gzip_level)
+
+    def open(self, temp_path: str) -> "_GzipShardFile":
+        return _GzipShardFile(super().open(temp_path), self._gzip_level)
+
+    def write_encoded_record(self, file_handle: "_GzipShardFile", encoded_value: bytes) -> None:
+        write_shard_record(file_handle, encoded_value)
+
+
+class _GzipShardFile:
+    """A gzip stream onto a file it closes with itself (gzip.GzipFile leaves it open)."""
+
+    def __init__(self, raw, level: int):
+        self._raw = raw
+        self._gzip = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0)
+
+    def write(self, data: bytes) -> None:
+        self._gzip.write(data)
+
+    def close(self) -> None:
+        self._gzip.close()
+        self._raw.close()
+
+
+def check_gzip_level(level: int) -> int:
+    """The shards' gzip level, refused (ConfigError) outside 0-9."""
+    if level not in range(10):
+        raise ConfigError(f"--gzip-level must be 0 (stored, no compression) to 9, got {level}")
+    return level
 
 
 def _final(record: FeatureRecord) -> int:
@@ -394,6 +437,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         "--dtype", choices=("float16", "float32"), default="float16", help="log-mel storage type (default float16)"
     )
     add_time_budget_argument(parser)
+    parser.add_argument(
+        "--gzip-level", type=int, default=DEFAULT_GZIP_LEVEL, metavar="N",
+        help=f"gzip level of the shards, 0 (stored) to 9 (default {DEFAULT_GZIP_LEVEL}: half the CPU of "
+        "level 6 for 0.7%% larger files; every level reads the same)",
+    )
     return parser.parse_known_args(argv)
 
 
@@ -403,12 +451,13 @@ def run(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--shards must be >= 0, got {args.shards}")
     check_source(args.input)
     check_time_budget(args.time_budget_s)
+    check_gzip_level(args.gzip_level)
     options = make_pipeline_options(beam_args)
     started = time.perf_counter()
     staged = commit.start_run(args.output)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, source=args.input, output_dir=staged.staging_dir, num_shards=args.shards,
-                   dtype=args.dtype, time_budget_s=args.time_budget_s)
+                   dtype=args.dtype, time_budget_s=args.time_budget_s, gzip_level=args.gzip_level)
     result = commit.run_to_success(pipeline)
     manifest = commit.commit(staged, job="features", prefixes=OUTPUT_PREFIXES, settings=vars(args))
     elapsed_s = time.perf_counter() - started
