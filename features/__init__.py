@@ -1,7 +1,7 @@
 """Audio decoding, the log-mel front end of SPEC §1, and the shard schema.
 
-`decode` and `log_mel` are pure numpy/PyAV; `read_shards` and the record helpers import
-TensorFlow, so they are loaded only when used.
+`decode` and `log_mel` are pure numpy/PyAV; the shard helpers are loaded only when used
+(`serialize_record` needs no TensorFlow; `read_shards`, `parse_record` and `parse_example` import it).
 """
 from musicrep.features.audio import decode
 from musicrep.features.config import DEFAULT_FEATURE_CONFIG, FEATURE_VERSION, FeatureConfig
