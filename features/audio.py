@@ -236,10 +236,17 @@ class _FileView(io.RawIOBase):
 
 
 def _sum_channels(pcm: av.AudioFrame, scale: np.float32) -> np.ndarray:
-    # Packed s16 arrives as [1, samples·channels], interleaved.
+    # Packed s16 arrives as [1, samples·channels], interleaved. The channels are summed as
+    # integers held in float32 (exact: |sum| < 2**24), then scaled by a power of two (exact),
+    # so the values are those of scaling each channel first, without numpy's slow reduction
+    # over a short axis (10x this).
     channels = len(pcm.layout.channels)
     interleaved = pcm.to_ndarray().reshape(-1, channels)
-    return (interleaved.astype(np.float32) * scale).sum(axis=1, dtype=np.float32)
+    total = interleaved[:, 0].astype(np.float32)
+    for channel in range(1, channels):
+        total += interleaved[:, channel]
+    total *= scale
+    return total
 
 
 def _check_finite(frame: av.AudioFrame) -> None:
@@ -303,25 +310,36 @@ class KaiserBestResampler:
         self._taps = np.ascontiguousarray(taps, dtype=np.float32)
         # The buffer starts at input index (next group) · down + lo; before the signal: 0.
         self._buffer = np.zeros(-self._lo, np.float32)
+        self._pending: list[np.ndarray] = []  # chunks not yet appended to the buffer
+        self._n_pending = 0
         self._n_in = 0
         self._n_out = 0
 
     def resample_chunk(self, x: np.ndarray, last: bool = False) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         self._n_in += x.size
-        buffer = np.concatenate([self._buffer, x])
+        # Chunks are gathered in a list and joined once per product: appending each one
+        # to the buffer would copy the buffer once per chunk.
+        if x.size:
+            self._pending.append(x)
+            self._n_pending += x.size
+        if not last and self._buffer.size + self._n_pending < self._MIN_BLOCK_SAMPLES:
+            return np.zeros(0, np.float32)  # wait for a block large enough to amortise the products
+        buffer = np.concatenate([self._buffer, *self._pending])
+        self._pending, self._n_pending = [], 0
         if last:
             n_out_total = -(-self._n_in * self._up // self._down)
             n_groups = -(-(n_out_total - self._n_out) // self._up)
             need = max(n_groups - 1, 0) * self._down + self._width
             buffer = np.pad(buffer, (0, max(need - buffer.size, 0)))
-        elif buffer.size < self._MIN_BLOCK_SAMPLES:
-            n_groups = 0  # wait for a block large enough to amortise the matrix product
         else:
             n_groups = max((buffer.size - self._width) // self._down + 1, 0)
         if n_groups <= 0:
             self._buffer = buffer
             return np.zeros(0, np.float32)
+        # One product over the full window: splitting it by phase to skip the taps'
+        # zeros (1.6x fewer multiply-adds) would regroup the float32 sums and move the
+        # quietest low bands' log-mel by up to ~7e-5 (measured), more than parity allows.
         windows = np.lib.stride_tricks.sliding_window_view(buffer, self._width)[
             : n_groups * self._down : self._down
         ]

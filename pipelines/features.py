@@ -13,12 +13,15 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
+import gzip
 import logging
 import os
 import time
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
+from apache_beam.coders import BytesCoder
+from apache_beam.io.filebasedsink import FileBasedSink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -26,7 +29,14 @@ from apache_beam.metrics import Metrics
 from musicrep import fileio
 from musicrep.errors import ConfigError, TooShortError, TrackTimeoutError
 from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
-from musicrep.contracts.shards import SHARD_KIND, SHARD_SUFFIX, FeatureRecord, serialize_record
+from musicrep.contracts.shards import (
+    DEFAULT_GZIP_LEVEL,
+    SHARD_KIND,
+    SHARD_SUFFIX,
+    FeatureRecord,
+    serialize_record,
+    write_shard_record,
+)
 from musicrep.features.stream import SEGMENT_FRAMES, Segmenter, Stopwatch, TrackLogMel
 from musicrep.contracts.layout import ERRORS_PREFIX, METRICS_NAMESPACE, SHARD_TEMPLATE
 from musicrep.contracts.tracks import glob_prefix, is_manifest, track_id_for
@@ -320,6 +330,7 @@ def build_pipeline(
     dtype: str = "float16",
     config: FeatureConfig = DEFAULT_FEATURE_CONFIG,
     time_budget_s: float | None = None,
+    gzip_level: int = DEFAULT_GZIP_LEVEL,
 ) -> None:
     """The features job: list → group by track id → decode + log-mel → shards + errors,
     and the number of each (for the commit) written next to them in `output_dir`."""
@@ -329,17 +340,46 @@ def build_pipeline(
         | "ExtractLogMel" >> ExtractLogMel(config, time_budget_s=time_budget_s)
     )
     serialized = results["features"] | "Serialize" >> beam.Map(serialize_record, dtype=dtype)
-    _ = serialized | "WriteShards" >> beam.io.WriteToTFRecord(
-        FileSystems.join(output_dir, SHARD_PREFIX),
-        file_name_suffix=SHARD_SUFFIX,
-        num_shards=num_shards,
-        shard_name_template=SHARD_TEMPLATE,
-        compression_type=CompressionTypes.GZIP,
+    _ = serialized | "WriteShards" >> beam.io.Write(
+        GzipTFRecordSink(FileSystems.join(output_dir, SHARD_PREFIX), num_shards=num_shards, gzip_level=gzip_level)
     )
     _ = results["errors"] | "WriteErrors" >> WriteDeadLetters(output_dir)
     # Tracks, not records: a long track is several segments, the last one final.
     _ = results["features"] | "CountShardTracks" >> commit.write_total(output_dir, SHARD_PREFIX, _final)
     _ = results["errors"] | "CountErrors" >> commit.write_total(output_dir, ERRORS_PREFIX)
+
+
+class GzipTFRecordSink(FileBasedSink):
+    """Gzip TFRecord shards (what beam.io.WriteToTFRecord writes) at a chosen gzip level:
+    Beam's sink always compresses at zlib's default level 6."""
+
+    def __init__(self, file_path_prefix: str, *, num_shards: int = 0, gzip_level: int = DEFAULT_GZIP_LEVEL):
+        super().__init__(
+            file_path_prefix, BytesCoder(), file_name_suffix=SHARD_SUFFIX, num_shards=num_shards,
+            shard_name_template=SHARD_TEMPLATE, compression_type=CompressionTypes.UNCOMPRESSED,
+        )
+        self._gzip_level = gzip_level
+
+    def open(self, temp_path: str) -> "_GzipShardFile":
+        return _GzipShardFile(super().open(temp_path), self._gzip_level)
+
+    def write_encoded_record(self, file_handle: "_GzipShardFile", encoded_value: bytes) -> None:
+        write_shard_record(file_handle, encoded_value)
+
+
+class _GzipShardFile:
+    """A gzip stream onto a file it closes with itself (gzip.GzipFile leaves it open)."""
+
+    def __init__(self, raw, level: int):
+        self._raw = raw
+        self._gzip = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0)
+
+    def write(self, data: bytes) -> None:
+        self._gzip.write(data)
+
+    def close(self) -> None:
+        self._gzip.close()
+        self._raw.close()
 
 
 def _final(record: FeatureRecord) -> int:
@@ -360,6 +400,7 @@ def run(argv: list[str] | FeaturesSettings | None = None) -> launch.JobResult:
             num_shards=settings.shards,
             dtype=settings.dtype,
             time_budget_s=settings.time_budget_s,
+            gzip_level=settings.gzip_level,
         ),
         prefixes=OUTPUT_PREFIXES,
         settings=settings.record(),

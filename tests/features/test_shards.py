@@ -79,3 +79,38 @@ def test_segments_round_trip_with_their_offsets(rng):
     parsed = [parse_record(serialize_record(r, dtype="float32")) for r in segments]
     assert [(r.frame_offset, r.final, r.n_frames) for r in parsed] == [(0, False, 40), (40, False, 40), (80, True, 21)]
     np.testing.assert_array_equal(np.concatenate([r.log_mel for r in parsed]), whole.log_mel)
+
+
+def test_the_hand_encoded_example_is_the_one_tensorflow_builds(rng):
+    # serialize_record writes the protobuf wire format itself (no TensorFlow in the
+    # features job): TensorFlow's own Example, built field by field, must be equal.
+    record = dataclasses.replace(_record(rng), track_id="naïve/ü", duration_s=1234.5678, frame_offset=3 << 40, final=False)
+    serialized = serialize_record(record, dtype="float16")
+    values = {
+        "schema_version": [SCHEMA_VERSION.encode()], "track_id": [record.track_id.encode()],
+        "uri": [record.uri.encode()], "content_sha256": [record.content_sha256.encode()],
+        "log_mel": [record.log_mel.astype("<f2").tobytes()], "log_mel_dtype": [b"float16"],
+        "feature_config": [b"{}"], "feature_version": [record.feature_version.encode()],
+        "sample_rate": [16000], "n_mels": [96], "n_frames": [101], "frame_offset": [3 << 40], "final": [0],
+        "duration_s": [1234.5678],
+    }
+    feature = {}
+    for key, value in values.items():
+        if isinstance(value[0], bytes):
+            feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=value))
+        elif isinstance(value[0], int):
+            feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=value))
+        else:
+            feature[key] = tf.train.Feature(float_list=tf.train.FloatList(value=value))
+    expected = tf.train.Example(features=tf.train.Features(feature=feature))
+    assert tf.train.Example.FromString(serialized) == expected
+    assert len(serialized) == len(expected.SerializeToString())
+
+
+def test_writing_shards_does_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = "import sys, musicrep.pipelines.features; print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'librosa')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
