@@ -129,7 +129,7 @@ def musicrep(*args: str) -> None:
 
 
 def embed_tracks(model, pattern: str, *, window: int = 300, hop: int = 200) -> dict[str, np.ndarray]:
-    from musicrep.contracts.shards import read_shards
+    from musicrep.contracts.shard_dataset import read_shards
 
     out = {}
     for record in read_shards(pattern):

@@ -29,7 +29,7 @@ from prism_support import free_port, prism_args, start_worker_pool, write_proces
 import keras  # noqa: E402
 
 import musicrep.model  # noqa: E402
-from musicrep.contracts.shards import read_shards  # noqa: E402
+from musicrep.contracts.shard_dataset import read_shards  # noqa: E402
 from musicrep.manifest import committed_files, read_manifest  # noqa: E402
 from musicrep.pipelines import embed as embed_job  # noqa: E402
 from musicrep.pipelines import features as features_job  # noqa: E402

@@ -13,26 +13,22 @@ SEGMENT_FRAMES × n_mels × 4 bytes (25 MB at float32).
 
 Writing needs no TensorFlow: `serialize_record` encodes the Example's protobuf wire format
 itself (the schema is four message types), so the features job's workers never import
-TensorFlow (~6 CPU-s each). The tf.data readers import it when first called; this is the
-only module of features/ that does.
+TensorFlow (~6 CPU-s each); `parse_record` imports it when first called. The tf.data
+readers (`read_shards`, the parse spec and version check as ops) are
+musicrep.contracts.shard_dataset.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import gzip
 import struct
 import zlib
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import google_crc32c
 import numpy as np
 
 from musicrep.errors import ConfigError, MusicrepError, RecordError
-from musicrep.manifest import resolve_files
-
-if TYPE_CHECKING:
-    import tensorflow as tf
 
 SCHEMA_VERSION = "musicrep-shard-2"
 READABLE_VERSIONS = ("musicrep-shard-1", SCHEMA_VERSION)
@@ -44,37 +40,12 @@ SHARD_SUFFIX = ".tfrecord.gz"
 DEFAULT_GZIP_LEVEL = 1
 LOG_MEL_DTYPES = ("float16", "float32")
 
-_BYTES = (
+BYTES_FIELDS = (
     "schema_version", "track_id", "uri", "content_sha256", "log_mel", "log_mel_dtype", "feature_config",
     "feature_version",
 )
-_INTS = ("sample_rate", "n_mels", "n_frames", "frame_offset", "final")
-_FLOATS = ("duration_s",)
-
-
-@functools.lru_cache(maxsize=1)
-def _feature_spec() -> dict[str, "tf.io.FixedLenFeature"]:
-    import tensorflow as tf
-
-    return {
-        **{key: tf.io.FixedLenFeature([], tf.string) for key in _BYTES},
-        # Read with a default so that a shard from before versions were written fails the
-        # version check (naming what it found), not the parser.
-        "schema_version": tf.io.FixedLenFeature([], tf.string, default_value=""),
-        **{key: tf.io.FixedLenFeature([], tf.int64) for key in _INTS},
-        **{key: tf.io.FixedLenFeature([], tf.float32) for key in _FLOATS},
-        # Version 1 had no segments: every record was a whole track.
-        "frame_offset": tf.io.FixedLenFeature([], tf.int64, default_value=0),
-        "final": tf.io.FixedLenFeature([], tf.int64, default_value=1),
-    }
-
-
-def __getattr__(name: str) -> Any:
-    # FEATURE_SPEC (the tf.data parse spec) holds TensorFlow objects: built on first use,
-    # so that importing this module (the features job's writer) does not load TensorFlow.
-    if name == "FEATURE_SPEC":
-        return _feature_spec()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+INT_FIELDS = ("sample_rate", "n_mels", "n_frames", "frame_offset", "final")
+FLOAT_FIELDS = ("duration_s",)
 
 
 _OPTIONAL = {"frame_offset": 0, "final": 1}
@@ -140,9 +111,9 @@ _FLOAT = struct.Struct("<f")
 def _example_bytes(values: dict[str, Any]) -> bytes:
     entries = []
     for key, value in values.items():
-        if key in _BYTES:
+        if key in BYTES_FIELDS:
             feature = _message(1, _message(1, value))
-        elif key in _INTS:
+        elif key in INT_FIELDS:
             feature = _message(3, _message(1, _varint(value & 0xFFFFFFFFFFFFFFFF)))
         else:
             feature = _message(2, _message(1, _FLOAT.pack(value)))
@@ -177,7 +148,7 @@ def parse_record(serialized: bytes) -> FeatureRecord:
     found = feature["schema_version"].bytes_list.value[0].decode() if "schema_version" in feature else None
     if found not in READABLE_VERSIONS:
         raise RecordError(_version_message(found))
-    missing = [key for key in (*_BYTES, *_INTS, *_FLOATS) if key not in feature and key not in _OPTIONAL]
+    missing = [key for key in (*BYTES_FIELDS, *INT_FIELDS, *FLOAT_FIELDS) if key not in feature and key not in _OPTIONAL]
     if missing:
         raise RecordError(f"not a musicrep feature record: missing keys {missing}")
 
@@ -203,10 +174,10 @@ def parse_record(serialized: bytes) -> FeatureRecord:
 
 def _version_message(found: str | None) -> str:
     shown = repr(found) if found else "none (a shard written before versions were recorded, or not ours)"
-    return f"feature shard schema version {shown}; this musicrep reads {_readable()}: rerun the features job"
+    return f"feature shard schema version {shown}; this musicrep reads {readable_versions()}: rerun the features job"
 
 
-def _readable() -> str:
+def readable_versions() -> str:
     return " or ".join(repr(version) for version in READABLE_VERSIONS)
 
 
@@ -217,62 +188,6 @@ def _decode_log_mel(payload: bytes, dtype: str, n_frames: int, n_mels: int) -> n
     if array.size != n_frames * n_mels:
         raise RecordError(f"log_mel holds {array.size} values, expected {n_frames} x {n_mels}")
     return array.reshape(n_frames, n_mels).astype(np.float32)
-
-
-def check_schema_version(version: tf.Tensor) -> tf.Operation | None:
-    """The tf.data readers' version check: InvalidArgumentError with the found and expected versions."""
-    import tensorflow as tf
-
-    readable = tf.reduce_any(tf.equal(version, tf.constant(READABLE_VERSIONS)))
-    return tf.debugging.Assert(
-        readable,
-        ["feature shard schema version", version, f"; this musicrep reads {_readable()}: rerun the features job"],
-    )
-
-
-def decode_log_mel_values(raw: tf.Tensor, dtype: tf.Tensor) -> tf.Tensor:
-    """float32 values of raw little-endian log-mel bytes (any shape of `raw`; scalar `dtype`,
-    "float16" or "float32"): one more axis, the values."""
-    import tensorflow as tf
-
-    return tf.cond(
-        tf.equal(dtype, "float16"),
-        lambda: tf.cast(tf.io.decode_raw(raw, tf.float16, little_endian=True), tf.float32),
-        lambda: tf.io.decode_raw(raw, tf.float32, little_endian=True),
-    )
-
-
-def log_mel_itemsize(dtype: tf.Tensor) -> tf.Tensor:
-    """Bytes per stored value (int64) for the scalar `dtype` tensor."""
-    import tensorflow as tf
-
-    return tf.where(tf.equal(dtype, "float16"), tf.constant(2, tf.int64), tf.constant(4, tf.int64))
-
-
-def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-    """tf.data parser: the stored fields plus `log_mel` as float32 [n_frames, n_mels]."""
-    import tensorflow as tf
-
-    parsed = tf.io.parse_single_example(serialized, _feature_spec())
-    shape = tf.stack([parsed["n_frames"], parsed["n_mels"]])
-    with tf.control_dependencies([check_schema_version(parsed["schema_version"])]):
-        parsed["log_mel"] = tf.reshape(decode_log_mel_values(parsed["log_mel"], parsed["log_mel_dtype"]), shape)
-    return parsed
-
-
-def read_shards(pattern: str, *, parallel_reads: int = 4) -> tf.data.Dataset:
-    """Reads feature shards as a dataset of parsed records: `pattern` is the features
-    job's output directory (the files its manifest lists) or a glob, local or gs://.
-
-    Each element is a dict with the keys of FEATURE_SPEC; `log_mel` is float32
-    [n_frames, n_mels] and the byte fields are tf.string scalars. A long track is several
-    consecutive elements (segments: `frame_offset`, `final`).
-    """
-    import tensorflow as tf
-
-    files = resolve_files(pattern, kind=SHARD_KIND)
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=min(parallel_reads, len(files)))
-    return dataset.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 class DamagedShardError(MusicrepError):

@@ -56,14 +56,8 @@ import tensorflow as tf
 
 from musicrep.errors import ConfigError
 from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
-from musicrep.contracts.shards import (
-    FEATURE_SPEC,
-    SHARD_KIND,
-    check_schema_version,
-    decode_log_mel_values,
-    log_mel_itemsize,
-    parse_record,
-)
+from musicrep.contracts.shard_dataset import FEATURE_SPEC, check_schema_version, decode_log_mel_values, log_mel_itemsize
+from musicrep.contracts.shards import SHARD_KIND, parse_record
 from musicrep.labels import read_labels as read_label_table
 from musicrep.labels import split_tags
 from musicrep.manifest import resolve_files

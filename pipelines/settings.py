@@ -54,7 +54,7 @@ class InferenceSpec:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ConfigError(f"the batch size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
         if self.model_copies is not None and self.model_copies < 1:
             raise ConfigError(f"model copies must be >= 1 (or unset for 1), got {self.model_copies}")
         if self.model_copies is not None and not self.large_model:

@@ -57,7 +57,7 @@ def read_embeddings(output_dir: str) -> pd.DataFrame:
 
 def log_mels(output_dir: str) -> dict[str, bytes]:
     """track_id → the log-mel bytes of the committed shards."""
-    from musicrep.contracts.shards import read_shards
+    from musicrep.contracts.shard_dataset import read_shards
 
     return {e["track_id"].numpy().decode(): e["log_mel"].numpy().tobytes() for e in read_shards(output_dir)}
 

@@ -59,7 +59,10 @@ def test_cut_windows_is_frequency_first_slicing(rng):
     [
         ({"hop_s": 0.004}, "at least one frame"),
         ({"window_s": 0.001}, "at least one frame"),
-        ({"hop_s": 0.0}, "must be > 0"),
+        ({"hop_s": 0.0}, "must be finite numbers > 0"),
+        ({"hop_s": float("inf")}, "must be finite numbers > 0 s, got window 3.0 s, hop inf s"),
+        ({"window_s": float("nan")}, "must be finite numbers > 0"),
+        ({"max_duration_s": float("inf")}, "max duration must be a finite number > 0"),
         ({"max_windows": 0}, "max windows must be >= 1"),
         ({"aggregate": "median"}, "aggregate must be one of"),
     ],

@@ -15,7 +15,7 @@ import pytest
 
 from job_outputs import assert_only_committed, committed
 from musicrep.errors import ConfigError
-from musicrep.contracts.shards import read_shards
+from musicrep.contracts.shard_dataset import read_shards
 from musicrep.manifest import read_manifest, resolve_files
 from musicrep.pipelines import commit
 from musicrep.pipelines import features as features_job

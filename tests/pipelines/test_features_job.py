@@ -20,7 +20,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from audio_files import tone, write_audio
 from job_outputs import assert_only_committed, committed, read_dead_letters
 from musicrep.errors import ConfigError
-from musicrep.contracts.shards import parse_record, read_shards
+from musicrep.contracts.shard_dataset import read_shards
+from musicrep.contracts.shards import parse_record
 from musicrep.features import decode, log_mel
 from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG
 from musicrep.features.stream import SEGMENT_FRAMES
