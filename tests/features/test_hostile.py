@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import io
 import os
+import pathlib
 import shutil
 import subprocess
 import time
@@ -15,7 +16,11 @@ import numpy as np
 import pytest
 import soundfile
 
+from job_outputs import read_dead_letters
+from musicrep.cli import main
+from musicrep.features import read_shards
 from musicrep.features.config import DEFAULT_FEATURE_CONFIG
+from musicrep.manifest import read_manifest
 from musicrep.features.shards import FeatureRecord
 from musicrep.pipelines.features import ComputeLogMel
 
@@ -121,6 +126,10 @@ def mutations(files: dict[str, bytes], n: int, seed: int = SEED) -> dict[str, by
     return out
 
 
+def recorded_uris(output_dir: str) -> list[str]:
+    return [element["uri"].numpy().decode() for element in read_shards(output_dir)]
+
+
 def run_one(dofn: ComputeLogMel, track_id: str, uri: str) -> list:
     return list(dofn.process((track_id, uri)))
 
@@ -146,7 +155,8 @@ def outcome(outputs: list) -> str:
     return f"dead:{output.value['stage']}"
 
 
-def test_the_battery_and_a_fuzz_set_each_end_in_one_output(signals, tmp_path):
+def write_battery(signals, tmp_path) -> tuple[pathlib.Path, dict[str, bytes], dict[str, bytes]]:
+    """DIR/battery holding the real encodings and their mutations: (DIR, files, fuzz)."""
     (tmp_path / "made").mkdir()
     files = {**base_encodings(signals), **ffmpeg_made(tmp_path / "made")}
     fuzz = mutations(files, 240)
@@ -154,6 +164,33 @@ def test_the_battery_and_a_fuzz_set_each_end_in_one_output(signals, tmp_path):
     root.mkdir()
     for name, data in {**files, **fuzz}.items():
         (root / name).write_bytes(data)
+    return root, files, fuzz
+
+
+def test_the_battery_as_a_features_job_exits_0_with_one_output_an_input(signals, tmp_path, capsys):
+    root, files, fuzz = write_battery(signals, tmp_path)
+    (root / "loop-a.mp3").symlink_to(root / "loop-b.mp3")
+    (root / "loop-b.mp3").symlink_to(root / "loop-a.mp3")
+    out = tmp_path / "out"
+    argv = ["features", "--input", f"{root}/*", "--output", str(out), "--time-budget-s", "30", "--dtype", "float32"]
+    assert main([*argv, "--direct_running_mode=in_memory", "--direct_num_workers=1"]) == 0
+    counts = read_manifest(str(out))["counts"]
+    errors = read_dead_letters(str(out))
+    records = recorded_uris(str(out))  # one record a track: none is long enough for segments
+    # Every entry of the directory once, by path: a record or a one-line dead letter (the
+    # tone.* files share a track id: one is a record, the others dead letters).
+    assert counts == {"features": len(records), "errors": len(errors)}
+    assert sorted(records + [e["uri"] for e in errors]) == sorted(str(root / name) for name in os.listdir(root))
+    assert len(records) + len(errors) == len(files) + len(fuzz) + 2
+    assert all(e["message"] and "\n" not in e["message"] and "Traceback" not in e["message"] for e in errors)
+    assert "Traceback" not in capsys.readouterr().err
+    stages = collections.Counter(e["stage"] for e in errors)
+    with capsys.disabled():
+        print(f"\nbattery job: {len(os.listdir(root))} inputs, {len(records)} records, dead letters {dict(sorted(stages.items()))}")
+
+
+def test_the_battery_and_a_fuzz_set_each_end_in_one_output(signals, tmp_path):
+    root, files, fuzz = write_battery(signals, tmp_path)
     # Inputs that change or vanish between listing and reading, and ones no one may read.
     (root / "deleted.wav").write_bytes(files["s16_44k.wav"])
     listed = {name: str(root / name) for name in os.listdir(root)}
