@@ -145,19 +145,12 @@ class FaultProxyProcess:
     `faults` and `faulted` (read when it stops). For clients that hold the GIL while they
     wait for the network (delta-rs's history), which would starve a proxy thread here."""
 
-    def __init__(
-        self,
-        upstream: str,
-        *,
-        rate: float,
-        seed: int,
-        path_rates: dict[str, float] | None = None,
-        upstream_host: bool = False,
-        kinds: tuple[str, ...] = FAULTS,
-    ):
+    def __init__(self, upstream: str, *, rate: float, seed: int, **options):
+        """`options`: FaultProxy's path_rates, upstream_host and kinds."""
+        kinds = options.get("kinds", FAULTS)
         self._argv = [sys.executable, os.path.abspath(__file__), upstream, str(rate), str(seed), f"--kinds={','.join(kinds)}"]
-        self._argv += [f"--path-rate={key}={value}" for key, value in (path_rates or {}).items()]
-        self._argv += ["--upstream-host"] if upstream_host else []
+        self._argv += [f"--path-rate={key}={value}" for key, value in (options.get("path_rates") or {}).items()]
+        self._argv += ["--upstream-host"] if options.get("upstream_host") else []
         self.faults: collections.Counter = collections.Counter()
         self.faulted: list[tuple[str, str, str]] = []
         self.requests = 0
