@@ -202,7 +202,8 @@ class PlaceWindows(beam.DoFn):
             if self._track is not None and (
                 record.track_id != self._track.track_id or record.frame_offset != self._next_frame
             ):
-                yield from self._fail(self._track.track_id, self._track.uri, "segments", RecordError(
+                unfinished, self._track = self._track, None  # the record starts a track of its own
+                yield from self._fail(unfinished.track_id, unfinished.uri, "segments", RecordError(
                     f"segments end at frame {self._next_frame} without the final one"
                 ))
             if self._track is None:
@@ -362,7 +363,8 @@ class ToRows(beam.DoFn):
 
 class EmbedTracks(beam.PTransform):
     """{"chunks": TrackWindows, "partials": (track_id, TrackPartial) of track ends and
-    failures} → {"rows": Parquet rows, "windows": window rows, "errors": dead letters}.
+    failures} → {"rows": Parquet rows, "windows": window rows (of tracks with a row only),
+    "errors": dead letters}.
 
     Chunks go through the model; their pooled windows, the track ends and every failure
     are merged per track (a combine: a few floats per track), so a track of any length
@@ -399,7 +401,24 @@ class EmbedTracks(beam.PTransform):
         rows = merged | "ToRows" >> beam.ParDo(
             ToRows(metadata=self._metadata, windows=self._windows, spec=self._handler.spec)
         ).with_outputs("errors", main="rows")
-        return {"rows": rows.rows, "windows": pooled.windows, "errors": rows.errors}
+        windows = pooled.windows
+        if self._per_window:
+            # A track's windows leave the model before its failure may be known (a later
+            # chunk, segment or decode error): keep only the windows of tracks with a row.
+            windows = (
+                {
+                    "windows": pooled.windows | "KeyWindows" >> beam.Map(lambda row: (row["track_id"], row)),
+                    "rows": rows.rows | "RowIds" >> beam.Map(lambda row: (row["track_id"], None)),
+                }
+                | "JoinWindowsToRows" >> beam.CoGroupByKey()
+                | "WindowsOfRows" >> beam.FlatMap(_windows_of_written_track)
+            )
+        return {"rows": rows.rows, "windows": windows, "errors": rows.errors}
+
+
+def _windows_of_written_track(joined: tuple[str, dict]) -> Iterable[dict]:
+    _, groups = joined
+    return groups["windows"] if groups["rows"] else ()
 
 
 def _inference_errors(failure: tuple[list[TrackWindows], tuple]) -> Iterator[tuple[str, TrackPartial]]:

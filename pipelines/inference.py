@@ -23,6 +23,9 @@ from musicrep.pipelines.settings import InferenceSpec
 
 logger = logging.getLogger(__name__)
 
+# Windows in one RunInference call: 4 full chunks, 16 model batches of 32.
+MAX_WINDOWS_PER_CALL = 512
+
 
 @dataclasses.dataclass(frozen=True)
 class TrackWindows:
@@ -59,6 +62,11 @@ def iterate_batches(
             yield length, windows[begin : begin + batch_size], owners[begin : begin + batch_size]
 
 
+def n_windows_of(chunk: TrackWindows) -> int:
+    """A chunk's weight in RunInference's batches."""
+    return len(chunk.starts)
+
+
 class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
     """Loads a musicrep export as `spec` says and embeds TrackWindows elements."""
 
@@ -68,13 +76,13 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
         spec: InferenceSpec = InferenceSpec(),
         *,
         metadata: ExportMetadata | None = None,
-        max_tracks_per_batch: int = 16,
+        max_windows_per_call: int = MAX_WINDOWS_PER_CALL,
     ):
         super().__init__()
         self._model_uri = model_uri
         self._spec = spec
         self._metadata = metadata  # the launcher's read of the sidecar, so workers do not read it again
-        self._max_tracks = max_tracks_per_batch
+        self._max_windows = max_windows_per_call
 
     @property
     def spec(self) -> InferenceSpec:
@@ -108,9 +116,11 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
             yield PredictionResult(example=track, inference=np.stack(track_rows))
 
     def batch_elements_kwargs(self) -> dict:
-        # Elements are whole tracks (tens to hundreds of windows each): batching a few
-        # tracks fills model batches without holding many tracks in memory.
-        return {"min_batch_size": 1, "max_batch_size": self._max_tracks}
+        # Elements are chunks of up to 128 windows (a short track, or part of a long one):
+        # batches are bounded in windows, so a call holds at most ~max_windows_per_call
+        # windows cut out (115 KB each at 300 frames) whatever the track lengths. Counted in
+        # chunks, 16 chunks of a long track cut 2,048 windows: +500 MB on a 10-hour track.
+        return {"min_batch_size": 1, "max_batch_size": self._max_windows, "element_size_fn": n_windows_of}
 
     def share_model_across_processes(self) -> bool:
         return self._spec.large_model

@@ -270,7 +270,7 @@ def run(
     version = read_version
     if written.adds or written.removes:
         record["seconds"] = round(time.perf_counter() - started, 2)
-        version, commit_s = table.commit(delta, adds=written.adds, removes=written.removes, run=record)
+        version, commit_s = table.commit(delta, adds=written.adds, removes=written.removes, run=record, options=options)
         record["commit_s"] = round(commit_s, 3)
     fileio.delete(written.empty)
     fileio.remove_tree(staged.staging_dir)

@@ -145,7 +145,7 @@ def import_previous(store: str, *, options: dict[str, str] | None = None) -> dic
         fileio.write_bytes(fileio.join(store, path), buffer.getvalue())
         adds.append(table.describe_file(store, path))
     record = {"operation": "import", "source": f"{PREVIOUS_CURRENT}/ + {PREVIOUS_RUNS}", "rows": rows.num_rows, "previous_runs": previous_runs}
-    version, _ = table.commit(delta, adds=adds, removes=[], run=record)
+    version, _ = table.commit(delta, adds=adds, removes=[], run=record, options=options)
     fileio.delete(sorted(set(fileio.glob(fileio.join(current, "*")) + [runs_path])))
     if fileio.is_local(current):
         fileio.remove_tree(current)

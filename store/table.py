@@ -39,6 +39,12 @@ DATA_DIR = "data"
 # and a 10^8-row table is 10^5 files, which Delta's checkpoints list in one Parquet file.
 ROWS_PER_FILE = 1_000
 DATA_FILE = "data_file"  # index column: the data file (relative to STORE) holding the row
+# Tries of the one commit and of the table's creation on a storage error: object_store
+# retries 429/503 itself but never a put whose connection was reset (the write may have
+# landed). A landed commit is found by its token before trying again; creation is
+# mode="ignore", so a landed one is opened.
+COMMIT_ATTEMPTS = 4
+COMMIT_RETRY_WAIT_S = 1.0
 
 
 class ConcurrentRunError(MusicrepError):
@@ -71,7 +77,7 @@ def open_table(store: str, options: dict[str, str] | None = None, version: int |
 
 
 def open_or_create(store: str, embedding_size: int, options: dict[str, str] | None = None):
-    """The table at STORE, created empty (version 0) with `table_schema` when missing."""
+    """The table at STORE, created empty (version 0) with the store schema when missing."""
     table = open_table(store, options)
     if table is None:
         if fileio.exists(fileio.join(store, "runs.jsonl")) or fileio.glob(fileio.join(store, "current", "*.parquet")):
@@ -87,18 +93,24 @@ def open_or_create(store: str, embedding_size: int, options: dict[str, str] | No
 
 
 def create_table(store: str, embedding_size: int, options: dict[str, str] | None = None):
-    """An empty table (version 0) with `table_schema`; an existing one is opened instead."""
+    """An empty table (version 0) with the store schema; an existing one is opened instead."""
     from deltalake import DeltaTable
 
     fileio.mkdirs(store)
-    return DeltaTable.create(
-        table_uri(store),
-        schema=store_schema(embedding_size),
-        mode="ignore",  # a concurrent first run created it: use theirs
-        name="musicrep_embeddings",
-        description=f"one embedding per catalog track ({schema.STORE_SCHEMA_VERSION})",
-        storage_options=options or None,
-    )
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            return DeltaTable.create(
+                table_uri(store),
+                schema=store_schema(embedding_size),
+                mode="ignore",  # a concurrent first run created it (or our lost try did): use it
+                name="musicrep_embeddings",
+                description=f"one embedding per catalog track ({schema.STORE_SCHEMA_VERSION})",
+                storage_options=options or None,
+            )
+        except OSError:
+            if attempt == COMMIT_ATTEMPTS:
+                raise
+            time.sleep(COMMIT_RETRY_WAIT_S * attempt)
 
 
 def arrow_schema_of(table) -> pa.Schema:
@@ -170,9 +182,12 @@ def describe_file(store: str, path: str) -> DataFile:
     return DataFile(path=path, size_bytes=info.size_bytes, num_rows=rows, modified_ms=int(info.mtime_s * 1000))
 
 
-def commit(table, *, adds: list[DataFile], removes: list[str], run: dict[str, Any]) -> tuple[int, float]:
+def commit(
+    table, *, adds: list[DataFile], removes: list[str], run: dict[str, Any], options: dict[str, str] | None = None
+) -> tuple[int, float]:
     """One Delta transaction: add `adds`, remove `removes` (paths), the run in the commit
-    info. Returns (new version, seconds). The table object must be the snapshot the run
+    info. Returns (new version, seconds). `options`: the storage options the table was
+    opened with (to read the log again after a storage error). The table object must be the snapshot the run
     planned from: a commit by anyone else since then that touches the same files, or any
     other reembed commit, fails this one (ConcurrentRunError) and nothing is committed."""
     from deltalake.exceptions import CommitFailedError
@@ -192,18 +207,45 @@ def commit(table, *, adds: list[DataFile], removes: list[str], run: dict[str, An
         max_commit_retries=3,
     )
     started = time.perf_counter()
-    try:
-        table.create_write_transaction(actions, "append", arrow_schema_of(table), commit_properties=properties)
-    except CommitFailedError as error:
-        raise ConcurrentRunError(
-            f"another commit reached the store after this run read version {read_version} "
-            f"({' '.join(str(error).split())}); "
-            "nothing of this run was committed and the table is as the other commit left it: run reembed again"
-        ) from error
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            table.create_write_transaction(actions, "append", arrow_schema_of(table), commit_properties=properties)
+            break
+        except CommitFailedError as error:
+            if _version_with_token(table, token, options) is not None:
+                break  # our own write landed before its answer was lost, and a retry met it
+            raise ConcurrentRunError(
+                f"another commit reached the store after this run read version {read_version} "
+                f"({' '.join(str(error).split())}); "
+                "nothing of this run was committed and the table is as the other commit left it: run reembed again"
+            ) from error
+        except OSError as error:  # delta-rs's object-store errors
+            if _version_with_token(table, token, options) is not None:
+                break  # the write landed, its answer was lost
+            if attempt == COMMIT_ATTEMPTS:
+                raise
+            logger.warning("commit: storage error on try %d of %d, trying again: %s", attempt, COMMIT_ATTEMPTS, " ".join(str(error).split())[:300])
+            time.sleep(COMMIT_RETRY_WAIT_S * attempt)
     seconds = time.perf_counter() - started
+    version = _version_with_token(table, token, options)
     table.update_incremental()
-    version = next(entry["version"] for entry in table.history(10) if entry.get(COMMIT_TOKEN_KEY) == token)
     return version, seconds
+
+
+def _version_with_token(table, token: str, options: dict[str, str] | None) -> int | None:
+    """The version of the commit carrying `token`, read from the log as it is now (a fresh
+    table: `table` must stay at the version the run planned from), or None."""
+    from deltalake import DeltaTable
+
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            latest = DeltaTable(table.table_uri, storage_options=options or None)
+            return next((entry["version"] for entry in latest.history(10) if entry.get(COMMIT_TOKEN_KEY) == token), None)
+        except OSError:
+            if attempt == COMMIT_ATTEMPTS:
+                raise
+            time.sleep(COMMIT_RETRY_WAIT_S * attempt)
+    return None
 
 
 def runs(table, limit: int | None = None) -> list[dict[str, Any]]:

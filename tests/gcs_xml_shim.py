@@ -29,6 +29,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+# No "-": object_store percent-encodes it in the path, fake-gcs-server does not decode it.
+FAKE_GCS_BUCKET = "musicrepdelta"
 _HOP_HEADERS = {"content-length", "connection", "transfer-encoding", "date", "server"}
 
 

@@ -39,6 +39,7 @@ import urllib.request
 import pytest
 
 EMULATOR_START_TIMEOUT_S = 30.0
+FAKE_GCS_MODULE = "github.com/fsouza/fake-gcs-server@v1.56.1"
 _PROJECT = "musicrep-test"
 _BUCKET = "musicrep-test-bucket"
 
@@ -206,3 +207,35 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _fake_gcs_binary() -> str:
+    gopath = os.environ.get("GOPATH") or os.path.expanduser("~/go")
+    path = os.path.join(os.environ.get("GOBIN") or os.path.join(gopath, "bin"), "fake-gcs-server")
+    if os.access(path, os.X_OK):
+        return path
+    if not shutil.which("go"):
+        pytest.skip("no fake-gcs-server and no `go` to build it")
+    build = subprocess.run(["go", "install", FAKE_GCS_MODULE], capture_output=True, text=True, timeout=900, check=False)
+    if build.returncode != 0:
+        pytest.fail(f"`go install {FAKE_GCS_MODULE}` failed:\n{build.stderr[-2000:]}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def fake_gcs(gcs_emulator, tmp_path_factory):
+    """fake-gcs-server with bucket FAKE_GCS_BUCKET and the XML shim delta-rs needs
+    (tests/gcs_xml_shim.py); Beam's and google-cloud-storage's gs:// go to it while the
+    fixture lasts (`gcs_emulator` for the credentials, which this server ignores)."""
+    from apache_beam.io.gcp import gcsio
+
+    from gcs_xml_shim import FAKE_GCS_BUCKET, delete_one_by_one, start_fake_gcs
+
+    fake = start_fake_gcs(_fake_gcs_binary(), str(tmp_path_factory.mktemp("fake_gcs")), [FAKE_GCS_BUCKET])
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("STORAGE_EMULATOR_HOST", fake.endpoint)
+            patch.setattr(gcsio.GcsIO, "delete_batch", delete_one_by_one)
+            yield fake
+    finally:
+        fake.stop()

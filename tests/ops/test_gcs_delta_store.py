@@ -5,19 +5,15 @@ fake-gcs-server (built from the Go module proxy, like Prism) through `gcs_xml_sh
 bridges the emulator's XML gaps (see its docstring); Beam's GCS filesystem (JSON API) talks
 to the same fake-gcs-server directly. The service-account file that points delta-rs at the
 shim holds `gcs_base_url` and `disable_oauth` (storage option `google_service_account`).
-Without `go` and without a built fake-gcs-server the tests skip.
+Without `go` and without a built fake-gcs-server the tests skip (fixture `fake_gcs`,
+tests/ops/conftest.py).
 """
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-
 import pytest
-from apache_beam.io.gcp import gcsio
 from deltalake import DeltaTable
 
-from gcs_xml_shim import delete_one_by_one, start_fake_gcs
+from gcs_xml_shim import FAKE_GCS_BUCKET
 from musicrep.cli import main
 from musicrep.pipelines import commit as run_commit
 from musicrep.pipelines import reembed
@@ -25,40 +21,17 @@ from musicrep.store import table
 from musicrep.pipelines.synthetic import SyntheticEmbedding, write_synthetic_export
 from store_support import IN_MEMORY, object_bytes, sha256_of
 
-FAKE_GCS_MODULE = "github.com/fsouza/fake-gcs-server@v1.56.1"
-BUCKET = "musicrepdelta"  # no "-": object_store percent-encodes it in the path, fake-gcs-server does not decode it
-
-
-def _fake_gcs_binary() -> str:
-    gopath = os.environ.get("GOPATH") or os.path.expanduser("~/go")
-    path = os.path.join(os.environ.get("GOBIN") or os.path.join(gopath, "bin"), "fake-gcs-server")
-    if os.access(path, os.X_OK):
-        return path
-    if not shutil.which("go"):
-        pytest.skip("no fake-gcs-server and no `go` to build it")
-    build = subprocess.run(["go", "install", FAKE_GCS_MODULE], capture_output=True, text=True, timeout=900, check=False)
-    if build.returncode != 0:
-        pytest.fail(f"`go install {FAKE_GCS_MODULE}` failed:\n{build.stderr[-2000:]}")
-    return path
-
 
 @pytest.fixture(scope="module")
-def delta_gcs(gcs_emulator, tmp_path_factory):
+def delta_gcs(fake_gcs):
     """(storage options for delta-rs, gs:// URL maker); Beam's gs:// goes to the same server."""
-    fake = start_fake_gcs(_fake_gcs_binary(), str(tmp_path_factory.mktemp("fake_gcs")), [BUCKET])
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("STORAGE_EMULATOR_HOST", fake.endpoint)  # Beam and google-cloud-storage
-            patch.setattr(gcsio.GcsIO, "delete_batch", delete_one_by_one)
-            yield {"google_service_account": fake.service_account}, lambda path: f"gs://{BUCKET}/{path}"
-    finally:
-        fake.stop()
+    return {"google_service_account": fake_gcs.service_account}, lambda path: f"gs://{FAKE_GCS_BUCKET}/{path}"
 
 
 def _upload(path: str, data: bytes) -> None:
     from google.cloud import storage
 
-    storage.Client().bucket(BUCKET).blob(path).upload_from_string(data)
+    storage.Client().bucket(FAKE_GCS_BUCKET).blob(path).upload_from_string(data)
 
 
 def test_reembed_commits_a_delta_table_on_gs(delta_gcs, tmp_path, monkeypatch, capsys):
@@ -85,7 +58,7 @@ def test_reembed_commits_a_delta_table_on_gs(delta_gcs, tmp_path, monkeypatch, c
     _upload("catalog/b.bin", object_bytes("b", "v2"))
     from google.cloud import storage
 
-    storage.Client().bucket(BUCKET).blob("catalog/c.bin").delete()
+    storage.Client().bucket(FAKE_GCS_BUCKET).blob("catalog/c.bin").delete()
     run()
     after = snapshot()
     assert sorted(after.index) == ["a", "b"] and after.loc["b", "content_sha256"] == sha256_of(object_bytes("b", "v2"))

@@ -9,17 +9,19 @@ import json
 import os
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 import threadpoolctl
 
 import musicrep.model
 from audio_files import tone, write_audio
-from job_outputs import read_dead_letters, read_embeddings
+from job_outputs import committed, read_dead_letters, read_embeddings
 from musicrep.features import decode, log_mel
 from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG
 from musicrep.contracts.shards import FeatureRecord, serialize_record
 from musicrep.features.windows import cut_windows, window_starts
+from musicrep.manifest import read_manifest
 from musicrep.pipelines import embed as embed_job
 
 IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
@@ -148,3 +150,21 @@ def test_a_track_over_its_time_budget_is_a_timeout_dead_letter(catalog, tiny_mod
         ("long", "timeout", "TrackTimeoutError"), ("short", "timeout", "TrackTimeoutError")
     ]
     assert all(e["message"].startswith("gave up after ") for e in errors)
+
+
+def test_a_track_failing_part_way_is_one_dead_letter_and_no_window_rows(catalog, tiny_model_uri, tmp_path):
+    # The long track's last segment is missing: its first segments' windows go through the
+    # model before the failure is known, and none of them may reach windows-*.parquet.
+    shard = tmp_path / "cut" / "features-0.tfrecord.gz"
+    shard.parent.mkdir()
+    records = records_of(catalog, segment_frames=777)
+    final_long = next(i for i, r in enumerate(records) if r.track_id == "long" and r.final)
+    write_shard(shard, records[:final_long] + records[final_long + 1 :])
+    out = str(tmp_path / "out")
+    assert embed_job.run(["--features", str(shard), "--model", tiny_model_uri, "--output", out, "--per-window", *BATCH, *IN_MEMORY]) == 0
+    assert list(read_embeddings(out).index) == ["short"]
+    assert [(e["track_id"], e["stage"]) for e in read_dead_letters(out)] == [("long", "segments")]
+    (path,) = committed(out, "windows")
+    windows = pq.read_table(path).to_pandas()
+    assert set(windows["track_id"]) == {"short"} and len(windows) == read_embeddings(out).loc["short", "n_windows"]
+    assert read_manifest(out)["counts"]["windows"] == len(windows)

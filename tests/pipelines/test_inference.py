@@ -32,6 +32,29 @@ def test_spec_refuses_bad_settings(fields, message):
         InferenceSpec(**fields)
 
 
+def test_model_calls_are_bounded_in_windows_not_chunks(rng):
+    # A 10-hour track is ~140 chunks of 128 windows; short tracks are chunks of a few.
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that
+
+    sizes = [128] * 40 + [3, 1, 60] * 10
+    chunks = [track(rng, f"t{i}", 10, list(range(n)), 1) for i, n in enumerate(sizes)]
+    handler = EmbeddingModelHandler("unused", max_windows_per_call=512)
+
+    def check(windows_per_call):
+        assert max(windows_per_call) <= 512 and sum(windows_per_call) == sum(sizes), windows_per_call
+
+    with TestPipeline() as pipeline:
+        calls = (
+            pipeline
+            | beam.Create(chunks, reshuffle=False)
+            | beam.BatchElements(**handler.batch_elements_kwargs())
+            | beam.Map(lambda batch: sum(len(chunk.starts) for chunk in batch))
+        )
+        assert_that(calls, check)
+
+
 def test_batches_are_views_of_each_tracks_windows_cut_once(rng):
     tracks = [track(rng, "x", 700, [50, 250, 400], 300), track(rng, "y", 400, [50, 100], 300)]
     batches = list(iterate_batches(tracks, batch_size=2))

@@ -81,6 +81,33 @@ def test_a_run_that_meets_a_concurrent_commit_commits_nothing(tmp_path, run_stor
     assert "all unchanged" in capsys.readouterr().out  # the next run finds nothing left to do
 
 
+@pytest.mark.parametrize("landed", [False, True], ids=["refused", "answer_lost"])
+def test_a_storage_error_on_the_commit_is_tried_again_and_commits_once(tmp_path, run_store, monkeypatch, landed):
+    """The log write fails once with a storage error (object_store does not retry a put
+    whose connection was reset): refused, the commit is tried again; landed with its
+    answer lost, the run finds its commit by its token and does not write a second one."""
+    catalog, store = tmp_path / "catalog", str(tmp_path / "store")
+    write_objects(catalog, ["a", "b"])
+    run_store(catalog, store)
+    write_objects(catalog, ["c"])
+    monkeypatch.setattr(table, "COMMIT_RETRY_WAIT_S", 0.0)
+    original, calls = DeltaTable.create_write_transaction, []
+
+    def fails_once(self, *args, **kwargs):
+        calls.append(self.version())
+        if len(calls) == 1 and landed:
+            original(self, *args, **kwargs)
+        if len(calls) == 1:
+            raise OSError("Generic GCS error: Connection reset by peer (os error 104)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaTable, "create_write_transaction", fails_once)
+    assert run_store(catalog, store) == 0
+    assert calls == ([1] if landed else [1, 1])  # tried again from the version the run read
+    assert DeltaTable(store).version() == 2  # one commit
+    assert sorted(snapshot(store).index) == ["a", "b", "c"] and last_run(store)["tracks_embedded"] == 1
+
+
 def test_store_commands_compact_vacuum_and_history(tmp_path, run_store, capsys):
     catalog, store = tmp_path / "catalog", str(tmp_path / "store")
     for batch in (["a", "b", "c"], ["d"], ["e", "f"]):  # three runs: three small files
