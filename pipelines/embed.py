@@ -29,6 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from musicrep.features.shards import SHARD_KIND
 from musicrep.features.windows import WindowSpec
 from musicrep.manifest import MANIFEST_NAME, resolve_files
+from musicrep.model.engines import AUTO_ENGINE
 from musicrep.pipelines import commit, schema, settings
 from musicrep.pipelines.embed_transforms import (
     EmbedAudioWindows,
@@ -169,7 +170,10 @@ def _made_by(row: dict, key: tuple) -> bool:
     # and PlaceWindows refuses records made with another. Rows pooled another way, or of
     # another engine or precision (bf16 differs from fp32 by ~1e-3), are recomputed
     # rather than mixed in. Batch size and model copies do not change the numbers.
-    return _reuse_key(row["model_id"], row.get("window_spec"), row.get("engine"), row.get("precision")) == key
+    # With --engine auto (key engine "auto") only the workers know the engine, so rows of
+    # any engine at the key's precision are reused.
+    engine = row.get("engine") if key[2] != AUTO_ENGINE else AUTO_ENGINE
+    return _reuse_key(row["model_id"], row.get("window_spec"), engine, row.get("precision")) == key
 
 
 def _carried_row(joined: tuple[str, dict]) -> Iterator[dict]:

@@ -98,6 +98,8 @@ class TrackPartial:
     pool: OnlinePool | None = None
     final: dict | None = None
     failure: dict | None = None
+    engine: str | None = None  # the engine that embedded the pooled windows
+
 
     def merge(self, other: "TrackPartial") -> "TrackPartial":
         if self.pool is None:
@@ -105,6 +107,10 @@ class TrackPartial:
         elif other.pool is not None:
             self.pool.merge(other.pool)
         self.final = self.final or other.final
+        # Workers of one run may differ (auto on mixed hardware): a fixed choice, and the
+        # row says "a+b" so that it never claims one engine for windows of two.
+        engines = sorted({e for engine in (self.engine, other.engine) if engine for e in engine.split("+")})
+        self.engine = "+".join(engines) or None
         # The first failure in a fixed order, so a rerun reports the same one.
         failures = [f for f in (self.failure, other.failure) if f]
         self.failure = min(failures, key=lambda f: (f["stage"], f["message"])) if failures else None
@@ -297,7 +303,7 @@ class ToPartials(beam.DoFn):
         windows: np.ndarray = result.inference
         self._windows_embedded.inc(windows.shape[0])
         pool = OnlinePool(self._aggregate, windows.shape[1]).add(windows)
-        yield chunk.track_id, TrackPartial(pool=pool)
+        yield chunk.track_id, TrackPartial(pool=pool, engine=result.model_id)
         if self._per_window:
             fps = self._frames_per_second
             for start, embedding in zip(chunk.starts, windows):
@@ -349,7 +355,7 @@ class ToRows(beam.DoFn):
             "embedding": pool.result(),
             "model_id": self._model_id,
             "feature_config_sha256": final["feature_config_sha256"],
-            "engine": self._spec.engine,
+            "engine": partial.engine or self._spec.engine,
             "precision": self._spec.precision,
             "aggregate": self._windows.aggregate,
             "max_windows": self._windows.max_windows,

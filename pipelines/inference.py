@@ -18,7 +18,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from musicrep.errors import ConfigError
 from musicrep.features.windows import cut_windows
-from musicrep.model.engines import check_names
+from musicrep.model.engines import AUTO_ENGINE, check_names
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ class InferenceSpec:
 
     Attributes:
         batch_size: windows per model call (the last batch of a bundle is zero-padded).
-        engine: "tf" or "openvino" (musicrep.model.engines).
+        engine: "auto" (each worker picks for its hardware: musicrep.model.engines.
+            resolve_engine), "tf" or "openvino". Rows record the engine that ran.
         precision: "fp32" or "bf16"; bf16 needs bf16 hardware on the worker (AMX or
             AVX-512 BF16 on a CPU; a GPU with engine "tf") and is refused elsewhere.
         large_model: one model per machine shared by its worker processes (GPU workers).
@@ -55,7 +56,7 @@ class InferenceSpec:
     """
 
     batch_size: int = 32
-    engine: str = "tf"
+    engine: str = AUTO_ENGINE
     precision: str = "fp32"
     large_model: bool = False
     model_copies: int | None = None
@@ -65,8 +66,8 @@ class InferenceSpec:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
-        check_names(engine=self.engine, precision=self.precision)
-        if self.jit_compile and self.engine != "tf":
+        check_names(engine=self.engine, precision=self.precision, allow_auto=True)
+        if self.jit_compile and self.engine not in ("tf", AUTO_ENGINE):
             raise ConfigError(f"jit_compile is a TensorFlow option; engine is {self.engine!r}")
 
 
@@ -103,17 +104,19 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
         return self._spec
 
     def load_model(self) -> "LoadedModel":
-        from musicrep.model.engines import load_embedder
+        from musicrep.model.engines import load_embedder, resolve_engine
 
         spec = self._spec
+        engine = resolve_engine(spec.engine, spec.precision)
         embedder = load_embedder(
             self._model_uri,
-            engine=spec.engine,
+            engine=engine,
             precision=spec.precision,
             cpu_threads=spec.cpu_threads,
-            jit_compile=spec.jit_compile,
+            jit_compile=spec.jit_compile and engine == "tf",
         )
-        return LoadedModel(embedder=embedder, batch_size=spec.batch_size)
+        logger.info("embedding with engine %s (asked: %s), precision %s", engine, spec.engine, spec.precision)
+        return LoadedModel(embedder=embedder, batch_size=spec.batch_size, engine=engine)
 
     def run_inference(
         self, batch: Sequence[TrackWindows], model: "LoadedModel", inference_args: dict | None = None
@@ -124,8 +127,9 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
             for (i, _), row in zip(owners, model.embed(windows)):
                 rows[i].append(row)
         for track, track_rows in zip(batch, rows):
-            # inference: per-window embeddings [n_windows, d], in window order.
-            yield PredictionResult(example=track, inference=np.stack(track_rows))
+            # inference: per-window embeddings [n_windows, d], in window order; model_id:
+            # the engine that ran (the rows record it: with "auto" only the worker knows).
+            yield PredictionResult(example=track, inference=np.stack(track_rows), model_id=model.engine)
 
     def batch_elements_kwargs(self) -> dict:
         # Elements are whole tracks (tens to hundreds of windows each): batching a few
@@ -144,10 +148,12 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
 
 @dataclasses.dataclass
 class LoadedModel:
-    """An engine's embedder run at a fixed batch size (one compiled shape per window length)."""
+    """An engine's embedder run at a fixed batch size (one compiled shape per window length);
+    `engine`: the engine it is (recorded in the rows)."""
 
     embedder: Any
     batch_size: int
+    engine: str = "tf"
 
     def embed(self, windows: np.ndarray) -> np.ndarray:
         """Embeddings [n, d] of windows [n, n_mels, w], n ≤ batch_size, padded to the batch size."""

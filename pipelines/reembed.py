@@ -49,6 +49,7 @@ from musicrep.pipelines.embed_transforms import EmbedAudioWindows, EmbedTracks
 from musicrep.pipelines.features import ExtractLogMel
 from musicrep.features.windows import WindowSpec
 from musicrep.pipelines.inference import EmbeddingModelHandler, InferenceSpec
+from musicrep.model.engines import AUTO_ENGINE
 from musicrep.pipelines.options import METRICS_NAMESPACE
 from musicrep.pipelines.settings import add_model_arguments, inference_spec, window_spec
 from musicrep.pipelines.outputs import ERRORS_PREFIX
@@ -285,6 +286,10 @@ def run_settings(metadata, windows: WindowSpec, inference: InferenceSpec, arrow_
         "engine": inference.engine,
         "precision": inference.precision,
     }
+    if inference.engine == AUTO_ENGINE:
+        # Only the workers know which engine ran: tracks of any engine at this precision
+        # are up to date (as embed --skip-existing reuses them).
+        del values["engine"]
     return {name: values[name] for name in table.config_columns(arrow_schema) if name in values}
 
 

@@ -10,7 +10,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from musicrep.features.config import FeatureConfig
 from musicrep.features.stream import check_time_budget
 from musicrep.features.windows import AGGREGATES, WindowSpec
-from musicrep.model.engines import ENGINES, PRECISIONS
+from musicrep.model.engines import ENGINE_CHOICES, PRECISIONS
 from musicrep.pipelines.features import add_time_budget_argument
 from musicrep.pipelines.inference import InferenceSpec
 from musicrep.pipelines.options import threads_per_worker
@@ -53,16 +53,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-copies", type=int, default=None, help="with --large-model: copies per machine")
     parser.add_argument(
         "--engine",
-        choices=ENGINES,
+        choices=ENGINE_CHOICES,
         default=InferenceSpec.engine,
-        help=f"inference engine (default {InferenceSpec.engine}; recorded in every row)",
+        help=f"inference engine (default {InferenceSpec.engine}: each worker picks for its hardware, "
+        "OpenVINO for bf16 on a CPU with bf16 units, tf otherwise; the engine that ran is recorded in every row)",
     )
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=InferenceSpec.precision,
         help="fp32, or bf16 on workers with bf16 units (AMX or AVX-512 BF16 CPUs; GPUs with --engine tf); "
-        "refused elsewhere. Recorded in every row.",
+        "refused elsewhere, and with --engine tf on a CPU (no faster than fp32 there). Recorded in every row.",
     )
     add_time_budget_argument(parser)
 
