@@ -96,6 +96,12 @@ def gpu_present() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def check_front_end(*, engine: str, log_mel_on: str) -> None:
+    """Raises ConfigError where the engine cannot run the front end asked for."""
+    if log_mel_on == "device" and engine == "openvino":
+        raise ConfigError("--log-mel-on device runs the front end as TensorFlow ops: use --engine tf (or auto)")
+
+
 def resolve_engine(
     engine: str,
     precision: str,
@@ -121,8 +127,7 @@ def resolve_engine(
       ConfigError: unknown names, a refused pairing, or bf16 without bf16 hardware.
     """
     check_names(engine=engine, precision=precision, allow_auto=True)
-    if log_mel_on == "device" and engine == "openvino":
-        raise ConfigError("--log-mel-on device runs the front end as TensorFlow ops: use --engine tf (or auto)")
+    check_front_end(engine=engine, log_mel_on=log_mel_on)
     needs_gpu_check = precision == "bf16" and (engine != "openvino")
     gpu = (gpu_present() if needs_gpu_check else False) if gpu is None else gpu
     has_bf16 = bool(BF16_CPU_FLAGS & (cpu_flags() if flags is None else flags))
@@ -164,6 +169,16 @@ def load_embedder(
 
 
 def _tensorflow_embedder(uri: str, precision: str, cpu_threads: int | None, jit_compile: bool) -> Embedder:
+    import tensorflow as tf
+
+    model = tensorflow_model(uri, precision=precision, cpu_threads=cpu_threads)
+    forward = tf.function(lambda windows: model(windows, training=False), jit_compile=jit_compile, reduce_retracing=True)
+    return lambda windows: np.asarray(forward(windows), dtype=np.float32)
+
+
+def tensorflow_model(uri: str, *, precision: str = "fp32", cpu_threads: int | None = None):
+    """The export at `uri` as the Keras model the `tf` engine runs: bf16 rebuilt under
+    `mixed_bfloat16`, kernels standardised once (checks bf16 hardware, sets TF's threads)."""
     import keras
     import tensorflow as tf
 
@@ -193,8 +208,7 @@ def _tensorflow_embedder(uri: str, precision: str, cpu_threads: int | None, jit_
         bf16_model.set_weights(model.get_weights())
         model = bf16_model
     _fold_standardisation(model, plain_convolution=False)
-    forward = tf.function(lambda windows: model(windows, training=False), jit_compile=jit_compile, reduce_retracing=True)
-    return lambda windows: np.asarray(forward(windows), dtype=np.float32)
+    return model
 
 
 def _fold_standardisation(model, *, plain_convolution: bool) -> None:

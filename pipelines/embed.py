@@ -26,13 +26,13 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from musicrep.errors import ConfigError
 from musicrep.features.shards import SHARD_KIND
 from musicrep.features.windows import WindowSpec
 from musicrep.manifest import MANIFEST_NAME, resolve_files
 from musicrep.model.engines import AUTO_ENGINE
-from musicrep.pipelines import commit, schema, settings
+from musicrep.pipelines import commit, device_embed, schema, settings
 from musicrep.pipelines.embed_transforms import (
-    EmbedAudioWindows,
     EmbedTracks,
     ParseShardRecord,
     PlaceWindows,
@@ -40,7 +40,7 @@ from musicrep.pipelines.embed_transforms import (
     SkipExisting,
 )
 from musicrep.pipelines.features import ExtractLogMel, ListTracks, check_source
-from musicrep.pipelines.inference import EmbeddingModelHandler, InferenceSpec
+from musicrep.pipelines.inference import InferenceSpec
 from musicrep.pipelines.options import make_pipeline_options
 from musicrep.pipelines.outputs import ERRORS_PREFIX, SHARD_TEMPLATE, WriteDeadLetters
 
@@ -88,7 +88,7 @@ def build_pipeline(
         existing_keys = existing_rows | "ExistingHashes" >> beam.Map(lambda kv: (kv[0], kv[1]["content_sha256"]))
 
     if audio is not None:
-        compute = EmbedAudioWindows(metadata=metadata, windows=windows, time_budget_s=time_budget_s)
+        compute = device_embed.audio_compute(metadata=metadata, windows=windows, time_budget_s=time_budget_s)
         extracted = (
             pipeline
             | "ListTracks" >> ListTracks(audio)
@@ -119,7 +119,7 @@ def build_pipeline(
     embedded = {"chunks": chunks, "partials": partials} | "EmbedTracks" >> EmbedTracks(
         metadata=metadata,
         windows=windows,
-        handler=EmbeddingModelHandler(model_uri, inference),
+        handler=device_embed.model_handler(model_uri, inference, windows),
         per_window=per_window,
     )
     rows = embedded["rows"]
@@ -231,6 +231,8 @@ def run(argv: list[str] | None = None) -> int:
     inference = settings.inference_spec(args, options)
     if args.audio:
         check_source(args.audio)
+    elif windows.log_mel_on == "device":
+        raise ConfigError("--log-mel-on device needs --audio: feature shards hold the log-mel already")
     started = time.perf_counter()
     staged = commit.start_run(args.output)
     pipeline = beam.Pipeline(options=options)

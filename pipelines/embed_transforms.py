@@ -125,6 +125,20 @@ def failed(letter: dict) -> tuple[str, TrackPartial]:
     return letter["track_id"], TrackPartial(failure=letter)
 
 
+def track_end(track, *, duration_s: float, n_windows: int, window_frames: int) -> beam.pvalue.TaggedOutput:
+    """The "partials" output of a track's end: what its row needs beyond the pool.
+    `track`: its track_id, uri, content_sha256 and feature_config_sha256."""
+    final = {
+        "uri": track.uri,
+        "content_sha256": track.content_sha256,
+        "duration_s": float(duration_s),
+        "feature_config_sha256": track.feature_config_sha256,
+        "n_windows": n_windows,
+        "window_frames": window_frames,
+    }
+    return beam.pvalue.TaggedOutput("partials", (track.track_id, TrackPartial(final=final)))
+
+
 class TrackWindower:
     """One track's log-mel blocks → TrackWindows chunks for the model, and at the end the
     track's "final" partial: windows placed and cut as window_starts/cut_windows do on
@@ -156,15 +170,7 @@ class TrackWindower:
         yield from self._chunks(self._stream.finish())
         if self._max_frames is not None:
             duration_s = min(duration_s, self._n_frames / self._fps)
-        final = {
-            "uri": self.uri,
-            "content_sha256": self.content_sha256,
-            "duration_s": float(duration_s),
-            "feature_config_sha256": self.feature_config_sha256,
-            "n_windows": self._stream.n_windows,
-            "window_frames": self._stream.window_frames,
-        }
-        yield beam.pvalue.TaggedOutput("partials", (self.track_id, TrackPartial(final=final)))
+        yield track_end(self, duration_s=duration_s, n_windows=self._stream.n_windows, window_frames=self._stream.window_frames)
 
     def _chunks(self, chunks: list[WindowChunk]) -> Iterator[TrackWindows]:
         for chunk in chunks:

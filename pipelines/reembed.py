@@ -45,7 +45,8 @@ from apache_beam.metrics import Metrics
 from musicrep import fileio
 from musicrep.pipelines import commit as run_commit
 from musicrep.pipelines.embed import embed_pipeline_options
-from musicrep.pipelines.embed_transforms import EmbedAudioWindows, EmbedTracks
+from musicrep.pipelines import device_embed
+from musicrep.pipelines.embed_transforms import EmbedTracks
 from musicrep.pipelines.features import ExtractLogMel
 from musicrep.features.windows import WindowSpec
 from musicrep.pipelines.inference import EmbeddingModelHandler, InferenceSpec
@@ -80,7 +81,7 @@ class EmbedAudio(beam.PTransform):
         self._time_budget_s = time_budget_s
 
     def expand(self, inputs):
-        compute = EmbedAudioWindows(metadata=self._metadata, windows=self._windows, time_budget_s=self._time_budget_s)
+        compute = device_embed.audio_compute(metadata=self._metadata, windows=self._windows, time_budget_s=self._time_budget_s)
         extracted = inputs["tracks"] | "ExtractLogMel" >> ExtractLogMel(
             self._metadata.features, existing=inputs["known"], compute=compute
         )
@@ -345,7 +346,7 @@ def run(argv: list[str] | None = None, *, make_compute: Callable[..., beam.PTran
         compute = EmbedAudio(
             metadata=metadata,
             windows=windows,
-            handler=EmbeddingModelHandler(args.model, inference),
+            handler=device_embed.model_handler(args.model, inference, windows),
             time_budget_s=args.time_budget_s,
         )
     pipeline = beam.Pipeline(options=pipeline_options)

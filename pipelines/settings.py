@@ -9,7 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from musicrep.features.config import FeatureConfig
 from musicrep.features.stream import check_time_budget
-from musicrep.features.windows import AGGREGATES, WindowSpec
+from musicrep.features.windows import AGGREGATES, LOG_MEL_ON, WindowSpec
 from musicrep.model.engines import ENGINE_CHOICES, PRECISIONS
 from musicrep.pipelines.features import add_time_budget_argument
 from musicrep.pipelines.inference import InferenceSpec
@@ -65,6 +65,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="fp32, or bf16 on workers with bf16 units (AMX or AVX-512 BF16 CPUs; GPUs with --engine tf); "
         "refused elsewhere, and with --engine tf on a CPU (no faster than fp32 there). Recorded in every row.",
     )
+    parser.add_argument(
+        "--log-mel-on",
+        choices=LOG_MEL_ON,
+        default=default.log_mel_on,
+        help="where the front end runs: cpu (default) or device (resampling, STFT, mel and log as TF ops in the "
+        "model's graph, so a GPU worker's CPU only decodes; audio input only, engine tf; recorded in window_spec)",
+    )
     add_time_budget_argument(parser)
 
 
@@ -76,6 +83,7 @@ def window_spec(args: argparse.Namespace, features: FeatureConfig) -> WindowSpec
         max_windows=args.max_windows,
         aggregate=args.aggregate,
         max_duration_s=args.max_duration_s,
+        log_mel_on=args.log_mel_on,
     )
     spec.frames(features)
     check_time_budget(args.time_budget_s)
