@@ -239,7 +239,10 @@ class AudioTrackWindower:
         frames = last_start + self._w
         if self._max_frames is not None:
             frames = min(frames, self._max_frames)
-        bound = g.ready_groups(self._n_input) * g.up  # past every sample these windows read
+        # Past every sample these windows read, or the cap: the track's end for them.
+        bound = g.ready_groups(self._n_input) * g.up
+        if self._max_samples is not None:
+            bound = min(bound, self._max_samples)
         return self._cut(self._feed(frames), bound, final=False)
 
     def finish(self) -> list[AudioWindowChunk]:
