@@ -130,7 +130,7 @@ def resolve_engine(
     check_front_end(engine=engine, log_mel_on=log_mel_on)
     needs_gpu_check = precision == "bf16" and (engine != "openvino")
     gpu = (gpu_present() if needs_gpu_check else False) if gpu is None else gpu
-    has_bf16 = bool(BF16_CPU_FLAGS & (cpu_flags() if flags is None else flags))
+    has_bf16 = cpu_has_bf16() if flags is None else bool(BF16_CPU_FLAGS & flags)
     if engine == AUTO_ENGINE:
         engine = "openvino" if precision == "bf16" and not gpu and has_bf16 and log_mel_on != "device" else "tf"
     if precision == "bf16" and engine == "tf" and not gpu:
