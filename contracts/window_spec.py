@@ -14,13 +14,15 @@ from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureCon
 from musicrep.errors import ConfigError
 
 AGGREGATES = ("mean", "max")
+LOG_MEL_ON = ("cpu", "device")  # where the log-mel is computed (see WindowSpec.log_mel_on)
 
 
 @dataclasses.dataclass(frozen=True)
 class WindowSpec:
     """How a track becomes windows and one vector: window and hop (seconds, as asked),
     at most `max_windows` windows (None: all), pooled by `aggregate`, from the first
-    `max_duration_s` seconds of the track (None: all of it).
+    `max_duration_s` seconds of the track (None: all of it); `log_mel_on`: "cpu" (the
+    features/ front end) or "device" (TF ops in the model's graph: embed --audio only).
 
     Validated on construction, so a launcher that builds one refuses a bad setting before
     any work; `frames(config)` converts to the frame grid of the front end, and refuses
@@ -32,8 +34,11 @@ class WindowSpec:
     max_windows: int | None = None
     aggregate: str = "mean"
     max_duration_s: float | None = None
+    log_mel_on: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.log_mel_on not in LOG_MEL_ON:
+            raise ConfigError(f"log_mel_on must be one of {LOG_MEL_ON}, got {self.log_mel_on!r}")
         if self.max_duration_s is not None and not 0 < self.max_duration_s < math.inf:
             raise ConfigError(f"max duration must be a finite number > 0 s (or unset for all), got {self.max_duration_s}")
         if not (0 < self.window_s < math.inf and 0 < self.hop_s < math.inf):
@@ -70,6 +75,9 @@ class WindowSpec:
         if self.max_duration_s is not None:
             # Only when set: rows of runs without the cap keep the key they always had.
             settings["max_duration_s"] = self.max_duration_s
+        if self.log_mel_on != "cpu":
+            # Rows say which front end made them (the device one differs by ≤ 1e-4).
+            settings["log_mel_on"] = self.log_mel_on
         return json.dumps(settings, sort_keys=True, separators=(",", ":"))
 
     def max_samples(self, config: FeatureConfig = DEFAULT_FEATURE_CONFIG) -> int | None:

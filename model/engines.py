@@ -17,6 +17,9 @@ bf16 needs bfloat16 units: on a CPU, the `amx_bf16` or `avx512_bf16` flag (Intel
 generation and later; AMD Zen 4 and later have avx512_bf16); with the `tf` engine, a GPU
 also qualifies. Elsewhere bf16 is refused with ConfigError rather than emulated: emulated
 bf16 is slower than fp32 and changes the numbers for nothing.
+
+The jobs name an engine or "auto" (the default); `resolve_engine` turns that into the
+engine a worker runs, on the worker's own hardware (see its docstring for the rule).
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ from musicrep.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 ENGINES = ("tf", "openvino")
+AUTO_ENGINE = "auto"
+ENGINE_CHOICES = (AUTO_ENGINE, *ENGINES)  # what the jobs' --engine takes
 PRECISIONS = ("fp32", "bf16")
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 # Bumped when the conversion changes, so machines do not reuse IR made the old way.
@@ -63,22 +68,80 @@ def cpu_has_bf16() -> bool:
     return bool(BF16_CPU_FLAGS & cpu_flags())
 
 
-def check_names(*, engine: str, precision: str) -> None:
-    """Raises ConfigError for an unknown engine or precision."""
-    if engine not in ENGINES:
-        raise ConfigError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+def check_names(*, engine: str, precision: str, allow_auto: bool = False) -> None:
+    """Raises ConfigError for an unknown engine or precision ("auto" only with allow_auto)."""
+    known = ENGINE_CHOICES if allow_auto else ENGINES
+    if engine not in known:
+        raise ConfigError(f"unknown engine {engine!r}; known: {', '.join(known)}")
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
 
 
-def check_precision(precision: str, *, engine: str, gpu: bool = False) -> None:
-    """Raises ConfigError for bf16 without bf16 hardware (names are InferenceSpec's check)."""
-    if precision == "bf16" and not cpu_has_bf16() and not (gpu and engine == "tf"):
+def check_precision(precision: str, *, engine: str, gpu: bool = False, has_bf16: bool | None = None) -> None:
+    """Raises ConfigError for bf16 without bf16 hardware (`has_bf16`: the CPU's bf16 units,
+    default this machine's); the names are checked where the settings are built."""
+    has_bf16 = cpu_has_bf16() if has_bf16 is None else has_bf16
+    if precision == "bf16" and not has_bf16 and not (gpu and engine == "tf"):
         raise ConfigError(
             f"precision bf16 needs a CPU with {' or '.join(sorted(BF16_CPU_FLAGS))} "
             f"(Intel Xeon 4th gen+, AMD Zen 4+){' or a GPU with --engine tf' if engine == 'tf' else ''}; "
             f"this machine's CPU has neither, so use --precision fp32"
         )
+
+
+def gpu_present() -> bool:
+    """True where TensorFlow sees a GPU (imports TensorFlow)."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def check_front_end(*, engine: str, log_mel_on: str) -> None:
+    """Raises ConfigError where the engine cannot run the front end asked for."""
+    if log_mel_on == "device" and engine == "openvino":
+        raise ConfigError("--log-mel-on device runs the front end as TensorFlow ops: use --engine tf (or auto)")
+
+
+def resolve_engine(
+    engine: str,
+    precision: str,
+    *,
+    log_mel_on: str = "cpu",
+    gpu: bool | None = None,
+    flags: frozenset[str] | None = None,
+) -> str:
+    """The engine a worker runs for the jobs' --engine (a name or "auto"), on its hardware.
+
+    The rule for "auto" (measured on a 2-core avx512_bf16 CPU, issue 20: tf fp32 15.1
+    windows/s, OpenVINO bf16 31.3; whole job tf fp32 5.99 audio-s per CPU-s, OpenVINO fp32
+    5.41, OpenVINO bf16 9.78):
+    - the device front end (log_mel_on "device": TF ops in the graph) → tf;
+    - fp32 → tf (on a GPU, and on a CPU, where it beats OpenVINO fp32 in the job);
+    - bf16 on a GPU → tf; bf16 on a CPU with bf16 units → openvino (2.07× tf fp32, where
+      tf bf16 is 1.06×); bf16 elsewhere is refused (check_precision's message).
+    An explicit engine is kept, but tf + bf16 on a CPU without a GPU is refused with a hint
+    (it costs bf16's rounding for no speed); `load_embedder` itself still allows it, for
+    benchmarks and the bf16 parity tests. `gpu` and `flags` default to this machine's.
+
+    Raises:
+      ConfigError: unknown names, a refused pairing, or bf16 without bf16 hardware.
+    """
+    check_names(engine=engine, precision=precision, allow_auto=True)
+    check_front_end(engine=engine, log_mel_on=log_mel_on)
+    needs_gpu_check = precision == "bf16" and (engine != "openvino")
+    gpu = (gpu_present() if needs_gpu_check else False) if gpu is None else gpu
+    has_bf16 = cpu_has_bf16() if flags is None else bool(BF16_CPU_FLAGS & flags)
+    if engine == AUTO_ENGINE:
+        engine = "openvino" if precision == "bf16" and not gpu and has_bf16 and log_mel_on != "device" else "tf"
+    if precision == "bf16" and engine == "tf" and not gpu:
+        if not has_bf16:
+            check_precision(precision, engine="openvino", has_bf16=False)  # raises its message
+        hint = "use --engine auto (OpenVINO on this CPU) or --precision fp32"
+        if log_mel_on == "device":
+            hint = "use --precision fp32 (or run on a GPU)"
+        raise ConfigError(f"--engine tf --precision bf16 without a GPU runs at ~1.06x fp32 (OpenVINO bf16: ~2x): {hint}")
+    check_precision(precision, engine=engine, gpu=gpu, has_bf16=has_bf16)
+    return engine
 
 
 def load_embedder(
@@ -114,12 +177,33 @@ def load_embedder(
 def _tensorflow_embedder(
     uri: str, metadata: ExportMetadata, precision: str, cpu_threads: int | None, jit_compile: bool, check_hardware: bool
 ) -> Embedder:
+    import tensorflow as tf
+
+    model = tensorflow_model(
+        uri, metadata=metadata, precision=precision, cpu_threads=cpu_threads, check_hardware=check_hardware
+    )
+    forward = tf.function(lambda windows: model(windows, training=False), jit_compile=jit_compile, reduce_retracing=True)
+    return lambda windows: np.asarray(forward(windows), dtype=np.float32)
+
+
+def tensorflow_model(
+    uri: str,
+    *,
+    metadata: ExportMetadata | None = None,
+    precision: str = "fp32",
+    cpu_threads: int | None = None,
+    check_hardware: bool = True,
+):
+    """The export at `uri` as the Keras model the `tf` engine runs: bf16 rebuilt under
+    `mixed_bfloat16`, kernels standardised once (checks bf16 hardware unless told the
+    launcher did, sets TF's threads). `metadata`: its sidecar, if read already."""
     import keras
     import tensorflow as tf
 
     from musicrep.model.export import load
     from musicrep.model.sf_nfnet import SFNFNetConfig, build_sf_nfnet
 
+    metadata = metadata or read_metadata(uri)
     gpus = tf.config.list_physical_devices("GPU")
     if check_hardware:
         check_precision(precision, engine="tf", gpu=bool(gpus))
@@ -144,8 +228,7 @@ def _tensorflow_embedder(
         bf16_model.set_weights(model.get_weights())
         model = bf16_model
     _fold_standardisation(model, plain_convolution=False)
-    forward = tf.function(lambda windows: model(windows, training=False), jit_compile=jit_compile, reduce_retracing=True)
-    return lambda windows: np.asarray(forward(windows), dtype=np.float32)
+    return model
 
 
 def _fold_standardisation(model, *, plain_convolution: bool) -> None:

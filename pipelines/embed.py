@@ -29,8 +29,9 @@ from musicrep.manifest import MANIFEST_NAME, resolve_files
 from musicrep.contracts import schema
 from musicrep.contracts.layout import ERRORS_PREFIX, SHARD_TEMPLATE
 from musicrep.pipelines import commit, launch
+from musicrep.model.engines import AUTO_ENGINE
+from musicrep.pipelines import device_embed
 from musicrep.pipelines.embed_transforms import (
-    EmbedAudioWindows,
     EmbedTracks,
     ParseShardRecord,
     PlaceWindows,
@@ -38,7 +39,6 @@ from musicrep.pipelines.embed_transforms import (
     SkipExisting,
 )
 from musicrep.pipelines.features import ExtractLogMel, ListTracks
-from musicrep.pipelines.inference import EmbeddingModelHandler
 from musicrep.pipelines.options import make_pipeline_options
 from musicrep.pipelines.outputs import WriteDeadLetters
 from musicrep.pipelines.settings import EmbedSettings, InferenceSpec
@@ -75,7 +75,7 @@ def build_pipeline(pipeline: beam.Pipeline, settings: EmbedSettings, *, output_d
         existing_keys = existing_rows | "ExistingHashes" >> beam.Map(lambda kv: (kv[0], kv[1]["content_sha256"]))
 
     if audio is not None:
-        compute = EmbedAudioWindows(metadata=metadata, windows=windows, time_budget_s=settings.model.time_budget_s)
+        compute = device_embed.audio_compute(metadata=metadata, windows=windows, time_budget_s=settings.model.time_budget_s)
         extracted = (
             pipeline
             | "ListTracks" >> ListTracks(audio)
@@ -106,7 +106,7 @@ def build_pipeline(pipeline: beam.Pipeline, settings: EmbedSettings, *, output_d
     embedded = {"chunks": chunks, "partials": partials} | "EmbedTracks" >> EmbedTracks(
         metadata=metadata,
         windows=windows,
-        handler=EmbeddingModelHandler(settings.model.model_uri, inference, metadata=metadata),
+        handler=device_embed.model_handler(settings.model.model_uri, inference, windows, metadata=metadata),
         per_window=per_window,
     )
     rows = embedded["rows"]
@@ -157,7 +157,10 @@ def _made_by(row: dict, key: tuple) -> bool:
     # and PlaceWindows refuses records made with another. Rows pooled another way, or of
     # another engine or precision (bf16 differs from fp32 by ~1e-3), are recomputed
     # rather than mixed in. Batch size and model copies do not change the numbers.
-    return _reuse_key(row["model_id"], row.get("window_spec"), row.get("engine"), row.get("precision")) == key
+    # With --engine auto (key engine "auto") only the workers know the engine, so rows of
+    # any engine at the key's precision are reused.
+    engine = row.get("engine") if key[2] != AUTO_ENGINE else AUTO_ENGINE
+    return _reuse_key(row["model_id"], row.get("window_spec"), engine, row.get("precision")) == key
 
 
 def _carried_row(joined: tuple[str, dict]) -> Iterator[dict]:

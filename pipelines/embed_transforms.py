@@ -100,6 +100,8 @@ class TrackPartial:
     pool: OnlinePool | None = None
     final: dict | None = None
     failure: dict | None = None
+    engine: str | None = None  # the engine that embedded the pooled windows
+
 
     def merge(self, other: "TrackPartial") -> "TrackPartial":
         if self.pool is None:
@@ -107,6 +109,10 @@ class TrackPartial:
         elif other.pool is not None:
             self.pool.merge(other.pool)
         self.final = self.final or other.final
+        # Workers of one run may differ (auto on mixed hardware): a fixed choice, and the
+        # row says "a+b" so that it never claims one engine for windows of two.
+        engines = sorted({e for engine in (self.engine, other.engine) if engine for e in engine.split("+")})
+        self.engine = "+".join(engines) or None
         # The first failure in a fixed order, so a rerun reports the same one.
         failures = [f for f in (self.failure, other.failure) if f]
         self.failure = min(failures, key=lambda f: (f["stage"], f["message"])) if failures else None
@@ -119,6 +125,20 @@ def merge_partials(partials: Iterable[TrackPartial]) -> TrackPartial:
 
 def failed(letter: dict) -> tuple[str, TrackPartial]:
     return letter["track_id"], TrackPartial(failure=letter)
+
+
+def track_end(track, *, duration_s: float, n_windows: int, window_frames: int) -> beam.pvalue.TaggedOutput:
+    """The "partials" output of a track's end: what its row needs beyond the pool.
+    `track`: its track_id, uri, content_sha256 and feature_config_sha256."""
+    final = {
+        "uri": track.uri,
+        "content_sha256": track.content_sha256,
+        "duration_s": float(duration_s),
+        "feature_config_sha256": track.feature_config_sha256,
+        "n_windows": n_windows,
+        "window_frames": window_frames,
+    }
+    return beam.pvalue.TaggedOutput("partials", (track.track_id, TrackPartial(final=final)))
 
 
 class TrackWindower:
@@ -152,15 +172,7 @@ class TrackWindower:
         yield from self._chunks(self._stream.finish())
         if self._max_frames is not None:
             duration_s = min(duration_s, self._n_frames / self._fps)
-        final = {
-            "uri": self.uri,
-            "content_sha256": self.content_sha256,
-            "duration_s": float(duration_s),
-            "feature_config_sha256": self.feature_config_sha256,
-            "n_windows": self._stream.n_windows,
-            "window_frames": self._stream.window_frames,
-        }
-        yield beam.pvalue.TaggedOutput("partials", (self.track_id, TrackPartial(final=final)))
+        yield track_end(self, duration_s=duration_s, n_windows=self._stream.n_windows, window_frames=self._stream.window_frames)
 
     def _chunks(self, chunks: list[WindowChunk]) -> Iterator[TrackWindows]:
         for chunk in chunks:
@@ -300,7 +312,7 @@ class ToPartials(beam.DoFn):
         windows: np.ndarray = result.inference
         self._windows_embedded.inc(windows.shape[0])
         pool = OnlinePool(self._aggregate, windows.shape[1]).add(windows)
-        yield chunk.track_id, TrackPartial(pool=pool)
+        yield chunk.track_id, TrackPartial(pool=pool, engine=result.model_id)
         if self._per_window:
             fps = self._frames_per_second
             for start, embedding in zip(chunk.starts, windows):
@@ -352,7 +364,7 @@ class ToRows(beam.DoFn):
             "embedding": pool.result(),
             "model_id": self._model_id,
             "feature_config_sha256": final["feature_config_sha256"],
-            "engine": self._spec.engine,
+            "engine": partial.engine or self._spec.engine,
             "precision": self._spec.precision,
             "aggregate": self._windows.aggregate,
             "max_windows": self._windows.max_windows,

@@ -178,9 +178,7 @@ class StreamTrack(beam.DoFn):
                     return
                 handle.seek(0)
                 stage = "decode"
-                blocks = TrackLogMel(
-                    handle, config=self._config, max_samples=self._max_samples, stopwatch=Stopwatch(self._time_budget_s)
-                )
+                blocks = self.open_track(handle, Stopwatch(self._time_budget_s))
                 for block in blocks:
                     yield from self.on_block(track, block)
             track.duration_s = blocks.duration_s
@@ -194,6 +192,11 @@ class StreamTrack(beam.DoFn):
             self._audio_seconds.inc(int(round(track.duration_s)))
         self._track_ms.update(int((time.perf_counter() - started) * 1000))
         self._report_progress()
+
+    def open_track(self, handle, stopwatch: Stopwatch):
+        """The track as an iterable of blocks with `duration_s` once iterated: its log-mel
+        (the device front end's DoFn gives decoded audio instead)."""
+        return TrackLogMel(handle, config=self._config, max_samples=self._max_samples, stopwatch=stopwatch)
 
     def on_block(self, track: "TrackInProgress", block) -> Iterator:
         raise NotImplementedError

@@ -89,19 +89,23 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
         return self._spec
 
     def load_model(self) -> "LoadedModel":
-        from musicrep.model.engines import load_embedder
+        from musicrep.model.engines import load_embedder, resolve_engine
 
         spec = self._spec
+        # Workers on the launcher's machine got the engine it resolved there; others pick
+        # for their own hardware.
+        engine = spec.engine if spec.hardware_checked else resolve_engine(spec.engine, spec.precision)
         embedder = load_embedder(
             self._model_uri,
             metadata=self._metadata,
-            engine=spec.engine,
+            engine=engine,
             precision=spec.precision,
             cpu_threads=spec.cpu_threads,
-            jit_compile=spec.jit_compile,
+            jit_compile=spec.jit_compile and engine == "tf",
             check_hardware=not spec.hardware_checked,
         )
-        return LoadedModel(embedder=embedder, batch_size=spec.batch_size)
+        logger.info("embedding with engine %s (asked: %s), precision %s", engine, spec.engine, spec.precision)
+        return LoadedModel(embedder=embedder, batch_size=spec.batch_size, engine=engine)
 
     def run_inference(
         self, batch: Sequence[TrackWindows], model: "LoadedModel", inference_args: dict | None = None
@@ -112,8 +116,9 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
             for (i, _), row in zip(owners, model.embed(windows)):
                 rows[i].append(row)
         for track, track_rows in zip(batch, rows):
-            # inference: per-window embeddings [n_windows, d], in window order.
-            yield PredictionResult(example=track, inference=np.stack(track_rows))
+            # inference: per-window embeddings [n_windows, d], in window order; model_id:
+            # the engine that ran (the rows record it: with "auto" only the worker knows).
+            yield PredictionResult(example=track, inference=np.stack(track_rows), model_id=model.engine)
 
     def batch_elements_kwargs(self) -> dict:
         # Elements are chunks of up to 128 windows (a short track, or part of a long one):
@@ -134,10 +139,12 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
 
 @dataclasses.dataclass
 class LoadedModel:
-    """An engine's embedder run at a fixed batch size (one compiled shape per window length)."""
+    """An engine's embedder run at a fixed batch size (one compiled shape per window length);
+    `engine`: the engine it is (recorded in the rows)."""
 
     embedder: Any
     batch_size: int
+    engine: str = "tf"
 
     def embed(self, windows: np.ndarray) -> np.ndarray:
         """Embeddings [n, d] of windows [n, n_mels, w], n ≤ batch_size, padded to the batch size."""

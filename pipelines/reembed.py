@@ -46,12 +46,14 @@ from musicrep.contracts.window_spec import WindowSpec
 from musicrep.pipelines import commit as run_commit
 from musicrep.pipelines import launch
 from musicrep.pipelines.embed import embed_pipeline_options
-from musicrep.pipelines.embed_transforms import EmbedAudioWindows, EmbedTracks
+from musicrep.pipelines import device_embed
+from musicrep.pipelines.embed_transforms import EmbedTracks
 from musicrep.pipelines.features import ExtractLogMel
 from musicrep.pipelines.inference import EmbeddingModelHandler
 from musicrep.pipelines.outputs import WriteSideFile, read_side_lines
 from musicrep.pipelines.settings import InferenceSpec, ReembedSettings
 from musicrep.store import changes, runs, table
+from musicrep.model.engines import AUTO_ENGINE
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ class EmbedAudio(beam.PTransform):
         self._time_budget_s = time_budget_s
 
     def expand(self, inputs):
-        compute = EmbedAudioWindows(metadata=self._metadata, windows=self._windows, time_budget_s=self._time_budget_s)
+        compute = device_embed.audio_compute(metadata=self._metadata, windows=self._windows, time_budget_s=self._time_budget_s)
         extracted = inputs["tracks"] | "ExtractLogMel" >> ExtractLogMel(
             self._metadata.features, existing=inputs["known"], compute=compute
         )
@@ -194,6 +196,10 @@ def run_settings(metadata, windows: WindowSpec, inference: InferenceSpec, arrow_
         "engine": inference.engine,
         "precision": inference.precision,
     }
+    if inference.engine == AUTO_ENGINE:
+        # Only the workers know which engine ran: tracks of any engine at this precision
+        # are up to date (as embed --skip-existing reuses them).
+        del values["engine"]
     return {name: values[name] for name in schema.config_columns(arrow_schema) if name in values}
 
 
@@ -244,7 +250,7 @@ def run(
         compute = EmbedAudio(
             metadata=metadata,
             windows=model.windows,
-            handler=EmbeddingModelHandler(model.model_uri, inference, metadata=metadata),
+            handler=device_embed.model_handler(model.model_uri, inference, model.windows, metadata=metadata),
             time_budget_s=model.time_budget_s,
         )
     pipeline = beam.Pipeline(options=pipeline_options)

@@ -19,8 +19,8 @@ from musicrep.contracts.shards import DEFAULT_GZIP_LEVEL
 from musicrep.contracts.sidecar import ExportMetadata, read_metadata
 from musicrep.contracts.tracks import is_manifest
 from musicrep.errors import ConfigError
-from musicrep.contracts.window_spec import AGGREGATES, WindowSpec
-from musicrep.model.engines import ENGINES, PRECISIONS, check_names, check_precision
+from musicrep.contracts.window_spec import AGGREGATES, LOG_MEL_ON, WindowSpec
+from musicrep.model.engines import AUTO_ENGINE, ENGINE_CHOICES, PRECISIONS, check_front_end, check_names, resolve_engine
 from musicrep.store.options import storage_options
 
 SHARD_DTYPES = ("float16", "float32")
@@ -32,19 +32,21 @@ class InferenceSpec:
 
     Attributes:
         batch_size: windows per model call (the last batch of a bundle is zero-padded).
-        engine: "tf" or "openvino" (musicrep.model.engines).
+        engine: "auto" (picked for the workers' hardware: musicrep.model.engines.
+            resolve_engine), "tf" or "openvino". Rows record the engine that ran.
         precision: "fp32" or "bf16"; bf16 needs bf16 hardware on the worker (AMX or
             AVX-512 BF16 on a CPU; a GPU with engine "tf") and is refused elsewhere.
         large_model: one model per machine shared by its worker processes (GPU workers).
         model_copies: with large_model, copies per machine (default 1).
         cpu_threads: threads of one model on a CPU worker (default: the engine's).
         jit_compile: engine "tf" only: XLA-compile the forward.
-        hardware_checked: the launcher found the bf16 units (its workers run on its
-            machine), so the workers do not look again; remote workers check their own.
+        hardware_checked: the launcher resolved the engine and found the bf16 units
+            (its workers run on its machine), so the workers do not look again; remote
+            workers resolve and check on their own hardware.
     """
 
     batch_size: int = 32
-    engine: str = "tf"
+    engine: str = AUTO_ENGINE
     precision: str = "fp32"
     large_model: bool = False
     model_copies: int | None = None
@@ -59,8 +61,8 @@ class InferenceSpec:
             raise ConfigError(f"model copies must be >= 1 (or unset for 1), got {self.model_copies}")
         if self.model_copies is not None and not self.large_model:
             raise ConfigError("model copies are copies per machine of a --large-model; add --large-model")
-        check_names(engine=self.engine, precision=self.precision)
-        if self.jit_compile and self.engine != "tf":
+        check_names(engine=self.engine, precision=self.precision, allow_auto=True)
+        if self.jit_compile and self.engine not in ("tf", AUTO_ENGINE):
             raise ConfigError(f"jit_compile is a TensorFlow option; engine is {self.engine!r}")
 
 
@@ -161,14 +163,26 @@ class ModelSettings:
         )
         parser.add_argument("--model-copies", type=int, default=None, help="with --large-model: copies per machine (default 1)")
         parser.add_argument(
-            "--engine", choices=ENGINES, default=spec.engine, help=f"inference engine (default {spec.engine}; recorded in every row)"
+            "--engine",
+            choices=ENGINE_CHOICES,
+            default=spec.engine,
+            help=f"inference engine (default {spec.engine}: picked for the workers' hardware, OpenVINO for bf16 on "
+            "a CPU with bf16 units, tf otherwise; the engine that ran is recorded in every row)",
         )
         parser.add_argument(
             "--precision",
             choices=PRECISIONS,
             default=spec.precision,
             help="fp32, or bf16 on workers with bf16 units (AMX or AVX-512 BF16 CPUs; GPUs with --engine tf); "
-            "refused elsewhere. Recorded in every row.",
+            "refused elsewhere, and with --engine tf on a CPU (no faster than fp32 there). Recorded in every row.",
+        )
+        parser.add_argument(
+            "--log-mel-on",
+            choices=LOG_MEL_ON,
+            default=default.log_mel_on,
+            help="where the front end runs: cpu (default) or device (resampling, STFT, mel and log as TF ops in the "
+            "model's graph, so a GPU worker's CPU only decodes; audio input only, engine tf or auto; recorded in "
+            "window_spec)",
         )
         _add_time_budget(parser)
 
@@ -189,21 +203,25 @@ class ModelSettings:
             max_windows=args.max_windows,
             aggregate=args.aggregate,
             max_duration_s=args.max_duration_s,
+            log_mel_on=args.log_mel_on,
         )
+        check_front_end(engine=inference.engine, log_mel_on=windows.log_mel_on)
         metadata = read_metadata(args.model)
         windows.frames(metadata.features)  # refuses windows that round to no frame
         return cls(args.model, metadata, windows, inference, args.time_budget_s)
 
     def for_workers(self, options) -> InferenceSpec:
         """The InferenceSpec the workers get, for these PipelineOptions: each worker's share
-        of the cores on the embedded runner, and bf16 hardware checked here whenever the
-        workers run on this machine (so no staging starts for a run its workers refuse)."""
+        of the cores on the embedded runner and, whenever the workers run on this machine,
+        the engine resolved and bf16 hardware checked here (so no staging starts for a run
+        its workers would refuse, and the rows name the engine the run asked for)."""
         from musicrep.pipelines.options import threads_per_worker, workers_are_local
 
-        local = workers_are_local(options)
-        if local:
-            check_precision(self.inference.precision, engine=self.inference.engine, gpu=bool(local_gpus()))
-        return dataclasses.replace(self.inference, cpu_threads=threads_per_worker(options), hardware_checked=local)
+        spec = dataclasses.replace(self.inference, cpu_threads=threads_per_worker(options))
+        if not workers_are_local(options):
+            return spec
+        engine = resolve_engine(spec.engine, spec.precision, log_mel_on=self.windows.log_mel_on, gpu=bool(local_gpus()))
+        return dataclasses.replace(spec, engine=engine, hardware_checked=True)
 
     def record(self) -> dict[str, Any]:
         return {"model": self.model_uri, "model_id": self.metadata.model_id, "window_spec": self.windows.key(self.metadata.features),
@@ -253,6 +271,8 @@ class EmbedSettings:
         model = ModelSettings.from_args(args)
         if args.audio:
             check_source(args.audio)
+        elif model.windows.log_mel_on == "device":
+            raise ConfigError("--log-mel-on device needs --audio: feature shards hold the log-mel already")
         return cls(model, args.output, args.features, args.audio, args.per_window, args.shards, args.skip_existing,
                    tuple(beam_args))
 

@@ -87,3 +87,45 @@ def test_unknown_names_are_refused():
         engines.check_names(engine="onnx", precision="fp32")
     with pytest.raises(ConfigError, match="unknown precision 'fp16'; known: fp32, bf16"):
         engines.check_names(engine="tf", precision="fp16")
+
+
+BF16_CPU, PLAIN_CPU = frozenset({"avx2", "avx512_bf16"}), frozenset({"avx2"})
+
+
+@pytest.mark.parametrize(
+    "precision, gpu, flags, log_mel_on, expected",
+    [
+        ("fp32", False, PLAIN_CPU, "cpu", "tf"),
+        ("fp32", False, BF16_CPU, "cpu", "tf"),  # OpenVINO fp32 is slower in the job
+        ("fp32", True, PLAIN_CPU, "cpu", "tf"),
+        ("bf16", False, BF16_CPU, "cpu", "openvino"),  # 2.07x tf fp32, where tf bf16 is 1.06x
+        ("bf16", False, frozenset({"amx_bf16"}), "cpu", "openvino"),
+        ("bf16", True, PLAIN_CPU, "cpu", "tf"),
+        ("bf16", True, BF16_CPU, "cpu", "tf"),  # a GPU wins over the CPU's units
+        ("bf16", True, BF16_CPU, "device", "tf"),
+        ("fp32", False, BF16_CPU, "device", "tf"),  # the device front end is TF ops
+    ],
+)
+def test_auto_engine_follows_the_hardware(precision, gpu, flags, log_mel_on, expected):
+    assert engines.resolve_engine("auto", precision, gpu=gpu, flags=flags, log_mel_on=log_mel_on) == expected
+
+
+def test_explicit_engines_are_kept():
+    assert engines.resolve_engine("tf", "fp32", gpu=False, flags=BF16_CPU) == "tf"
+    assert engines.resolve_engine("openvino", "fp32", gpu=True, flags=PLAIN_CPU) == "openvino"
+    assert engines.resolve_engine("openvino", "bf16", gpu=False, flags=BF16_CPU) == "openvino"
+    assert engines.resolve_engine("tf", "bf16", gpu=True, flags=PLAIN_CPU) == "tf"
+
+
+def test_slow_and_impossible_pairings_are_refused_with_a_hint():
+    with pytest.raises(ConfigError, match=r"^--engine tf --precision bf16 without a GPU runs at ~1.06x fp32 .*use --engine auto"):
+        engines.resolve_engine("tf", "bf16", gpu=False, flags=BF16_CPU)
+    for engine in ("auto", "tf", "openvino"):
+        with pytest.raises(ConfigError, match="bf16 needs a CPU with amx_bf16 or avx512_bf16.*use --precision fp32"):
+            engines.resolve_engine(engine, "bf16", gpu=False, flags=PLAIN_CPU)
+    with pytest.raises(ConfigError, match="--log-mel-on device runs the front end as TensorFlow ops: use --engine tf"):
+        engines.resolve_engine("openvino", "fp32", gpu=False, flags=BF16_CPU, log_mel_on="device")
+    with pytest.raises(ConfigError, match="unknown engine 'onnx'; known: auto, tf, openvino"):
+        engines.resolve_engine("onnx", "fp32")
+    with pytest.raises(ConfigError, match="unknown engine 'auto'; known: tf, openvino"):
+        engines.check_names(engine="auto", precision="fp32")  # load_embedder takes a real engine

@@ -97,7 +97,7 @@ def test_imported_reference_weights_bf16_match_fp32(tmp_path, monkeypatch, engin
 @pytest.mark.slow
 def test_probe_scores_are_unchanged_in_bf16(tiny_model, tmp_path, monkeypatch):
     """The instrument probe of the synthetic catalog, on embeddings of the embed job in
-    fp32 and in bf16 (engine tf): the bf16 test accuracy lies inside the fp32 run's 95 %
+    fp32 and in bf16 (engine auto: OpenVINO bf16 on a CPU, tf on a GPU): the bf16 test accuracy lies inside the fp32 run's 95 %
     bootstrap interval."""
     import json
 

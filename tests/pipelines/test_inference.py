@@ -124,3 +124,39 @@ def test_job_refuses_bf16_without_bf16_units(audio, tiny_model_uri, tmp_path, mo
     with pytest.raises(Exception, match="bf16 needs a CPU with amx_bf16 or avx512_bf16"):
         embed_job.run(["--audio", f"{audio}/*.wav", "--model", tiny_model_uri, "--output", str(tmp_path / "out"),
                        "--engine", "openvino", "--precision", "bf16", *IN_MEMORY])
+
+
+@pytest.mark.parametrize("flags, precision, expected", [
+    (frozenset({"avx512_bf16"}), "bf16", "openvino"),
+    (frozenset({"avx512_bf16"}), "fp32", "tf"),
+])
+def test_rows_record_the_engine_auto_picked(audio, tiny_model_uri, tmp_path, monkeypatch, flags, precision, expected):
+    """--engine is auto by default; the rows name the engine the worker ran, not "auto"."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU makes auto pick tf for bf16")
+    monkeypatch.setattr(engines, "cpu_flags", lambda: flags)
+    out = str(tmp_path / "out")
+    embed_job.run(["--audio", f"{audio}/*.wav", "--model", tiny_model_uri, "--output", out,
+                   "--precision", precision, "--max-windows", "1", *IN_MEMORY])
+    (row,) = read_rows(out)
+    assert (row["engine"], row["precision"]) == (expected, precision)
+
+
+def test_partials_merge_the_engines_that_ran():
+    from musicrep.pipelines.embed_transforms import TrackPartial, merge_partials
+
+    merged = merge_partials([TrackPartial(engine="tf"), TrackPartial(engine="openvino"), TrackPartial(), TrackPartial(engine="tf")])
+    assert merged.engine == "openvino+tf"
+    assert merge_partials([TrackPartial(engine="tf"), TrackPartial(final={"uri": "u"})]).engine == "tf"
+
+
+def test_reuse_with_auto_accepts_rows_of_any_engine_at_the_precision():
+    from musicrep.contracts.window_spec import WindowSpec
+
+    key = WindowSpec().key()
+    auto = embed_job._reuse_key("m", key, "auto", "bf16")
+    assert embed_job._made_by({"model_id": "m", "window_spec": key, "engine": "openvino", "precision": "bf16"}, auto)
+    assert embed_job._made_by({"model_id": "m", "window_spec": key, "engine": "tf", "precision": "bf16"}, auto)
+    assert not embed_job._made_by({"model_id": "m", "window_spec": key, "engine": "tf", "precision": "fp32"}, auto)
