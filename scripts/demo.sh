@@ -77,7 +77,7 @@ labels.to_csv(sys.argv[2], index=False)
 print("probe split: " + ", ".join(f"{name} {count}" for name, count in labels["split"].value_counts().items()))
 PY
 
-step "6/6 probe both models: instrument (multiclass) and key (MIREX weighted score)"
+step "6/6 probe both models: instrument (linear probe, accuracy) and key (MLP probe, MIREX weighted score)"
 bash scripts/demo_probes.sh "$out" "$steps"
 
 cat <<SUMMARY
