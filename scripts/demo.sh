@@ -16,7 +16,7 @@ source scripts/setup_env.sh
 out="${MUSICREP_DEMO_DIR:-$PWD/demo-output}"
 tracks="${MUSICREP_DEMO_TRACKS:-320}"
 duration="${MUSICREP_DEMO_DURATION_S:-6}"
-steps="${MUSICREP_DEMO_STEPS:-200}"
+steps="${MUSICREP_DEMO_STEPS:-140}"
 seed="${MUSICREP_DEMO_SEED:-0}"
 musicrep=.venv/bin/musicrep
 python=.venv/bin/python
