@@ -48,4 +48,6 @@ for task, metric, name in (("Instrument", "accuracy", "accuracy, linear probe"),
         print(f"  → pre-training HURTS at {steps} steps: {shown}")
     else:
         print(f"  → no clear difference at {steps} steps: {shown} includes 0")
+    if low <= 0:
+        print("    (more pre-training, e.g. MUSICREP_DEMO_STEPS=200, gave larger gains in docs/demo.md's runs)")
 PY
