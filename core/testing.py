@@ -38,6 +38,7 @@ Everything, the encoded bytes included, is a function of (n_tracks, seed, durati
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import dataclasses
 import functools
@@ -379,42 +380,55 @@ def encode_audio(audio: np.ndarray, *, sample_rate_hz: int, audio_format: str) -
 
 
 def write_synth_catalog(
-    directory: str, *, n_tracks: int, seed: int = 0, duration_s: float = 8.0
+    directory: str, *, n_tracks: int, seed: int = 0, duration_s: float = 8.0, workers: int = 1
 ) -> list[dict]:
     """Writes n_tracks synthetic tracks and `labels.csv` into `directory`.
 
     Returns the label rows (dicts with LABEL_COLUMNS), in track order. Files already in
-    the directory with the same names are replaced; others are left alone.
+    the directory with the same names are replaced; others are left alone. `workers` > 1
+    renders and encodes tracks in that many processes; every track is a function of its
+    spec alone, so the files are the same bytes whatever the count.
     """
     if duration_s <= 0:
         raise ValueError(f"duration_s must be positive, got {duration_s}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     os.makedirs(directory, exist_ok=True)
-    rows = []
-    for spec in plan_catalog(n_tracks=n_tracks, seed=seed):
-        audio = render_track(spec, duration_s=duration_s)
-        data = encode_audio(audio, sample_rate_hz=spec.sample_rate_hz, audio_format=spec.audio_format)
-        file_name = f"{spec.track_id}.{AUDIO_FORMATS[spec.audio_format].extension}"
-        with open(os.path.join(directory, file_name), "wb") as f:
-            f.write(data)
-        rows.append({
-            "track_id": spec.track_id,
-            "split": spec.split,
-            "pitch": spec.pitch,
-            "key": spec.key,
-            "instrument": spec.instrument,
-            "tags": TAG_SEPARATOR.join((spec.instrument, spec.mode, spec.tempo_bucket)),
-            "duration_s": round(audio.shape[1] / spec.sample_rate_hz, 6),
-            "file": file_name,
-            "sample_rate_hz": spec.sample_rate_hz,
-            "channels": spec.channels,
-            "tempo_bpm": spec.tempo_bpm,
-        })
-        logger.debug("wrote %s", file_name)
+    specs = plan_catalog(n_tracks=n_tracks, seed=seed)
+    write = functools.partial(_write_track, directory, duration_s=duration_s)
+    if workers == 1:
+        rows = [write(spec) for spec in specs]
+    else:
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(specs))) as pool:
+            rows = list(pool.map(write, specs, chunksize=8))
     with open(os.path.join(directory, "labels.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=LABEL_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     return rows
+
+
+def _write_track(directory: str, spec: TrackSpec, *, duration_s: float) -> dict:
+    """Renders, encodes and writes one track; returns its label row."""
+    audio = render_track(spec, duration_s=duration_s)
+    data = encode_audio(audio, sample_rate_hz=spec.sample_rate_hz, audio_format=spec.audio_format)
+    file_name = f"{spec.track_id}.{AUDIO_FORMATS[spec.audio_format].extension}"
+    with open(os.path.join(directory, file_name), "wb") as f:
+        f.write(data)
+    logger.debug("wrote %s", file_name)
+    return {
+        "track_id": spec.track_id,
+        "split": spec.split,
+        "pitch": spec.pitch,
+        "key": spec.key,
+        "instrument": spec.instrument,
+        "tags": TAG_SEPARATOR.join((spec.instrument, spec.mode, spec.tempo_bucket)),
+        "duration_s": round(audio.shape[1] / spec.sample_rate_hz, 6),
+        "file": file_name,
+        "sample_rate_hz": spec.sample_rate_hz,
+        "channels": spec.channels,
+        "tempo_bpm": spec.tempo_bpm,
+    }
 
 
 def read_catalog_labels(directory: str) -> list[dict]:
@@ -432,10 +446,13 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracks", type=int, required=True, help="number of tracks")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument("--duration-s", type=float, default=8.0, help="seconds per track")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes that render and encode (default: one per CPU core)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     rows = write_synth_catalog(
-        args.directory, n_tracks=args.tracks, seed=args.seed, duration_s=args.duration_s)
+        args.directory, n_tracks=args.tracks, seed=args.seed, duration_s=args.duration_s,
+        workers=args.workers)
     seconds = time.perf_counter() - start
     by_format: dict[str, int] = {}
     for row in rows:

@@ -81,8 +81,9 @@ def test_catalog_is_deterministic(tmp_path):
         return {name: hashlib.sha256((directory / name).read_bytes()).hexdigest()
                 for name in sorted(os.listdir(directory))}
 
-    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        write_synth_catalog(str(tmp_path / name), n_tracks=5, seed=seed, duration_s=1.5)
+    # "b" in two processes: the demo's way; the bytes must not depend on the worker count.
+    for name, seed, workers in (("a", 1, 1), ("b", 1, 2), ("c", 2, 1)):
+        write_synth_catalog(str(tmp_path / name), n_tracks=5, seed=seed, duration_s=1.5, workers=workers)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     assert digest(tmp_path / "a") != digest(tmp_path / "c")
 
@@ -160,5 +161,7 @@ def test_bad_arguments_are_refused(tmp_path):
         write_synth_catalog(str(tmp_path), n_tracks=0)
     with pytest.raises(ValueError, match="duration_s must be positive, got -1"):
         write_synth_catalog(str(tmp_path), n_tracks=1, duration_s=-1)
+    with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
+        write_synth_catalog(str(tmp_path), n_tracks=1, workers=0)
     with pytest.raises(SystemExit):
         synth_catalog.run([str(tmp_path)])  # --tracks is required

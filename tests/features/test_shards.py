@@ -3,16 +3,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from musicrep.errors import RecordError
 import dataclasses
 
-from musicrep.contracts.shards import (
-    SCHEMA_VERSION,
-    FeatureRecord,
-    parse_example,
-    parse_record,
-    serialize_record,
-)
+from musicrep.contracts.shard_dataset import parse_example
+from musicrep.contracts.shards import SCHEMA_VERSION, FeatureRecord, parse_record, serialize_record
+from musicrep.errors import RecordError
 
 
 def _record(rng) -> FeatureRecord:
