@@ -68,11 +68,13 @@ def decode(
 
 
 def decode_chunks(
-    source: bytes | BinaryIO, *, config: FeatureConfig = DEFAULT_FEATURE_CONFIG
+    source: bytes | BinaryIO, *, config: FeatureConfig = DEFAULT_FEATURE_CONFIG, resample: bool = True
 ) -> Iterator[np.ndarray]:
     """`decode` as a stream: non-empty float32 chunks whose concatenation is decode's
     waveform, so a track of any length is held a chunk at a time (~16 s at most: the
-    resampler's block). Raises as `decode` does, from the iteration.
+    resampler's block). Raises as `decode` does, from the iteration. `resample=False`:
+    the chunks before the resampler, at config.decode_rate_hz (16-bit PCM scaled and
+    channels summed), for a front end that resamples on the model's device.
 
     A chained Ogg file (streams one after the other, as `cat a.ogg b.ogg` or a radio
     capture makes, each with its own rate and channels) is decoded whole, chain after
@@ -84,7 +86,7 @@ def decode_chunks(
     if not source.read(1):
         raise AudioDecodeError("empty input: 0 bytes")
     source.seek(start)
-    to_target = _resampler(config)
+    to_target = _resampler(config) if resample else _PassThrough()
     n_samples = 0
     for part in _ogg_chains(source, start):
         for chunk in _decode_container(part, config, to_target):
@@ -96,6 +98,13 @@ def decode_chunks(
         raise AudioDecodeError("the audio stream decoded to 0 samples")
     if last.size:
         yield last
+
+
+class _PassThrough:
+    """The resampler interface, passing samples through (decode_chunks(resample=False))."""
+
+    def resample_chunk(self, x: np.ndarray, last: bool = False) -> np.ndarray:
+        return np.asarray(x, np.float32)
 
 
 def _decode_container(source: BinaryIO, config: FeatureConfig, to_target) -> Iterator[np.ndarray]:
@@ -314,6 +323,11 @@ class KaiserBestResampler:
         self._n_pending = 0
         self._n_in = 0
         self._n_out = 0
+
+    def layout(self) -> tuple[int, int, int, int, np.ndarray]:
+        """(up, down, lo, width, taps [up, width]): the polyphase filter as it is applied,
+        so a front end elsewhere (the device one, in the model's graph) applies the same."""
+        return self._up, self._down, self._lo, self._width, self._taps
 
     def resample_chunk(self, x: np.ndarray, last: bool = False) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)

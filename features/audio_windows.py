@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from musicrep.errors import AudioDecodeError, ConfigError
+from musicrep.errors import ConfigError
 from musicrep.features import audio
 from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
 from musicrep.features.stream import Stopwatch
@@ -77,46 +76,18 @@ def geometry(config: FeatureConfig = DEFAULT_FEATURE_CONFIG) -> AudioWindowGeome
     """The geometry of `config` (resampler "kaiser_best" only: its filter is the one the graph runs)."""
     if config.resampler != "kaiser_best":
         raise ConfigError(f"the device front end implements the kaiser_best resampler, the model's front end uses {config.resampler!r}")
-    resampler = audio.KaiserBestResampler(config.decode_rate_hz, config.sample_rate_hz)
     # The CPU resampler's own filter and layout, so both front ends apply one filter.
-    taps = np.array(resampler._taps, np.float32)
+    up, down, lo, width, taps = audio.KaiserBestResampler(config.decode_rate_hz, config.sample_rate_hz).layout()
     return AudioWindowGeometry(
-        up=resampler._up,
-        down=resampler._down,
-        lo=resampler._lo,
-        width=resampler._width,
+        up=up,
+        down=down,
+        lo=lo,
+        width=width,
         hop=config.hop_samples,
         win=config.win_samples,
         pad=(config.n_fft // 2) - (config.n_fft - config.win_samples) // 2,
-        taps=taps,
+        taps=np.array(taps, np.float32),
     )
-
-
-class _Unresampled:
-    """The resampler interface of features/audio.py, passing samples through."""
-
-    def resample_chunk(self, x: np.ndarray, last: bool = False) -> np.ndarray:
-        return np.asarray(x, np.float32)
-
-
-def decode_input_chunks(source: bytes | BinaryIO, *, config: FeatureConfig = DEFAULT_FEATURE_CONFIG) -> Iterator[np.ndarray]:
-    """`features.audio.decode_chunks` without its resampler: float32 mono chunks at
-    config.decode_rate_hz (16-bit PCM scaled and channels summed, as the CPU path does
-    before resampling). Raises AudioDecodeError as decode_chunks does."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        source = io.BytesIO(source)
-    start = source.tell()
-    if not source.read(1):
-        raise AudioDecodeError("empty input: 0 bytes")
-    source.seek(start)
-    n_samples = 0
-    for part in audio._ogg_chains(source, start):
-        for chunk in audio._decode_container(part, config, _Unresampled()):
-            if chunk.size:
-                n_samples += chunk.size
-                yield chunk
-    if not n_samples:
-        raise AudioDecodeError("the audio stream decoded to 0 samples")
 
 
 class TrackInput:
@@ -152,7 +123,7 @@ class TrackInput:
         # Input that the groups of the capped waveform's last windows read; later samples
         # only reach outputs past the cap, which no window reads.
         enough = None if self._max_samples is None else (-(-self._max_samples // g.up) + 1) * g.down + g.lo + g.width
-        for chunk in decode_input_chunks(self._source, config=self._config):
+        for chunk in audio.decode_chunks(self._source, config=self._config, resample=False):
             if enough is not None:
                 chunk = chunk[: max(enough - self.n_input, 0)]
             self.n_input += chunk.size
