@@ -16,11 +16,13 @@ import sys
 from musicrep import native_logging
 from musicrep.errors import MusicrepError
 
-# Beam jobs: the settings class that parses and validates their command line first.
+# Commands whose settings are parsed and validated (`from_argv`) before their module, with
+# its Beam or TensorFlow imports, is loaded: (module, settings class).
 SETTINGS = {
-    "features": "FeaturesSettings",
-    "embed": "EmbedSettings",
-    "reembed": "ReembedSettings",
+    "features": ("musicrep.pipelines.settings", "FeaturesSettings"),
+    "embed": ("musicrep.pipelines.settings", "EmbedSettings"),
+    "reembed": ("musicrep.pipelines.settings", "ReembedSettings"),
+    "probe": ("musicrep.probes.config", "ProbeConfig"),
 }
 # subcommand -> (module with run(argv), one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -77,9 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(verbose=verbose)
     try:
         if name in SETTINGS:
-            from musicrep.pipelines import settings
-
-            rest = getattr(settings, SETTINGS[name]).from_argv(rest)
+            home, settings = SETTINGS[name]
+            rest = getattr(importlib.import_module(home), settings).from_argv(rest)
         module = importlib.import_module(COMMANDS[name][0])
         result = module.run(rest)
     except MusicrepError as error:

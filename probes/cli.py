@@ -7,12 +7,11 @@ Examples:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import time
 
-from musicrep import dataconfig, fileio
+from musicrep import fileio
 from musicrep.probes.config import ProbeConfig
 from musicrep.probes.data import (DEFAULT_LABEL_COLUMNS, ProbeData, join_tracks, list_model_ids,
                                   read_embeddings, read_labels)
@@ -22,13 +21,6 @@ from musicrep.probes.report import build_report, metric_label, write_predictions
 from musicrep.store.options import storage_options
 
 logger = logging.getLogger(__name__)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """One option per ProbeConfig setting (musicrep.dataconfig)."""
-    parser = argparse.ArgumentParser(prog="musicrep probe", description=__doc__.splitlines()[0])
-    dataconfig.add_arguments(parser, ProbeConfig)
-    return parser
 
 
 def resolve_preset(config: ProbeConfig) -> ProbePreset:
@@ -151,13 +143,13 @@ def run_of(config: ProbeConfig, report: dict) -> ProbeRun:
         predictions=config.predictions_path)
 
 
-def run(argv: list[str] | None = None) -> ProbeCommandResult:
-    """Entry point of `musicrep probe`."""
+def run(argv: list[str] | ProbeConfig | None = None) -> ProbeCommandResult:
+    """Entry point of `musicrep probe` (its command line, or a ProbeConfig already validated)."""
     started = time.perf_counter()
-    args = build_parser().parse_args(argv)
+    given = argv if isinstance(argv, ProbeConfig) else ProbeConfig.from_argv(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     runs = []
-    for config in model_runs(dataconfig.from_arguments(ProbeConfig, args)):
+    for config in model_runs(given):
         _, result, report = execute(config)
         logger.info("selected %s for %s", dataclasses.asdict(result.selected), config.output)
         runs.append(run_of(config, report))

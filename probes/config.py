@@ -7,8 +7,10 @@ docs/configuration.md. No TensorFlow here: options and YAML are checked before i
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
+from musicrep import dataconfig
 from musicrep.dataconfig import check, nested, setting
 from musicrep.errors import ConfigError
 from musicrep.probes.presets import PRESETS, TASKS
@@ -73,6 +75,11 @@ class ProbeConfig:
             raise ConfigError("--each-model writes predictions into each model's folder: give "
                               "--predictions without a path")
 
+    @classmethod
+    def from_argv(cls, argv: list[str] | None) -> ProbeConfig:
+        """The command line of `musicrep probe`, parsed and validated (no TensorFlow yet)."""
+        return dataconfig.from_arguments(cls, build_parser().parse_args(argv))
+
     @property
     def predictions_path(self) -> str | None:
         """Where the test predictions go, None for nowhere."""
@@ -81,3 +88,12 @@ class ProbeConfig:
         if self.predictions is True or not self.predictions:
             return self.output.rstrip("/") + "/predictions.parquet"
         return self.predictions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One option per ProbeConfig setting (musicrep.dataconfig)."""
+    parser = argparse.ArgumentParser(
+        prog="musicrep probe", description="Fit MLP probes on track embeddings and write a report."
+    )
+    dataconfig.add_arguments(parser, ProbeConfig)
+    return parser

@@ -77,28 +77,30 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 
     monkeypatch.setattr(probe_cli, "run", broken)
     with pytest.raises(KeyError, match="a bug"):
-        cli.main(["probe"])
+        cli.main(["probe", "--embeddings", "e.parquet", "--labels", "l.csv", "--task", "multiclass", "--output", "o"])
 
 
-def _features_job(tmp_path, *flags: str) -> subprocess.CompletedProcess:
+def _embed_job(tmp_path, *flags: str) -> subprocess.CompletedProcess:
+    # embed --audio: its worker loads TensorFlow (the features job no longer does).
     _write_wav(tmp_path / "a.wav")
+    assert cli.main(["model", "init", "--config", "tiny", "--seed", "0", "--output", str(tmp_path / "model")]) == 0
     env = {key: value for key, value in os.environ.items()
            if key not in ("TF_CPP_MIN_LOG_LEVEL", "MUSICREP_VERBOSE")}
-    command = [sys.executable, "-m", "musicrep.cli", *flags, "features", "--input", str(tmp_path / "*.wav"),
-               "--output", str(tmp_path / "out"), "--direct_num_workers", "1"]
+    command = [sys.executable, "-m", "musicrep.cli", *flags, "embed", "--audio", str(tmp_path / "*.wav"),
+               "--model", str(tmp_path / "model"), "--output", str(tmp_path / "out"), "--direct_num_workers", "1"]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
 
 
 def test_jobs_hide_native_start_up_lines_in_launcher_and_workers(tmp_path):
     # The worker (a separate process of the multi-processing runner) imports TensorFlow
     # too: neither may print the start-up lines; the summary stays.
-    done = _features_job(tmp_path)
+    done = _embed_job(tmp_path)
     assert done.returncode == 0, done.stderr
     assert not NOISE.search(done.stderr), done.stderr
-    assert "1 tracks" in done.stdout or "1 track" in done.stdout, done.stdout
+    assert "embed: 1 tracks read, 1 embedded" in done.stdout, done.stdout
 
 
 def test_verbose_keeps_them(tmp_path):
-    done = _features_job(tmp_path, "--verbose")
+    done = _embed_job(tmp_path, "--verbose")
     assert done.returncode == 0, done.stderr
     assert re.search(r"^[IWE]\d{4} ", done.stderr, re.MULTILINE), done.stderr

@@ -93,7 +93,7 @@ def test_the_check_sees_an_upward_import(tmp_path):
 @pytest.mark.parametrize(
     "module",
     ["musicrep.contracts.sidecar", "musicrep.contracts.schema", "musicrep.contracts.window_spec", "musicrep.model",
-     "musicrep.pipelines.settings", "musicrep.cli"],
+     "musicrep.pipelines.settings", "musicrep.probes.config", "musicrep.cli"],
 )
 def test_light_modules_import_neither_tensorflow_nor_beam(module):
     # What a launcher needs to validate its settings: no TensorFlow, Keras or Beam.

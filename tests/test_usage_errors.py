@@ -51,6 +51,11 @@ CASES = {
     "nothing matches": (["features", "--input", "{root}/*.mp3", "--output", "{root}/o"], "no files match '{root}/*.mp3'"),
     "max windows": (["embed", "--features", "{root}/x", "--model", "{root}/model", "--output", "{root}/o", "--max-windows", "0"],
                     "--max-windows must be >= 1, got 0"),
+    "probe without a task": (["probe", "--embeddings", "{root}/e.parquet", "--labels", "{root}/l.csv", "--output", "{root}/p"],
+                             "give --task or --preset"),
+    "probe with a contradicting task": (["probe", "--embeddings", "{root}/e.parquet", "--labels", "{root}/l.csv",
+                                         "--output", "{root}/p", "--preset", "MTT", "--task", "multiclass"],
+                                        "--task multiclass contradicts preset MTT"),
     "manifest catalog": (["reembed", "--catalog", "{root}/list.csv", "--model", "{root}/model", "--store", "{root}/s"],
                          "reembed needs a glob for --catalog"),
 }

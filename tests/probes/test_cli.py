@@ -228,13 +228,12 @@ probes: [{{preset: MTT, labels: l.csv, grid: "lr=1e-4,steps=10,l2=0"}}]
     assert cell.output == f"{tmp_path}/b/MTT" and cell.dataset == "MTT"
     assert cell.predictions_path == f"{tmp_path}/b/MTT/predictions.parquet"
     # The same cell from the probe's own command line is the same config.
-    args = cli.build_parser().parse_args(
+    from musicrep.probes.config import ProbeConfig
+
+    assert ProbeConfig.from_argv(
         ["--embeddings", "store", "--version", "3", "--storage-option", "AWS_REGION=eu", "--labels", "l.csv",
          "--preset", "MTT", "--grid", "lr=1e-4,steps=10,l2=0", "--warmup-steps", "20", "--seeds", "2",
-         "--predictions", "--dataset", "MTT", "--output", f"{tmp_path}/b/MTT"])
-    from musicrep import dataconfig
-    from musicrep.probes.config import ProbeConfig
-    assert dataconfig.from_arguments(ProbeConfig, args) == cell
+         "--predictions", "--dataset", "MTT", "--output", f"{tmp_path}/b/MTT"]) == cell
 
 
 def _documented_suites() -> dict[str, str]:
