@@ -9,7 +9,7 @@ a fault-free run makes or fails with the previous committed version intact (then
 fault-free rerun finishes it), never a partial or mixed version. The faults injected per
 seed (each a request the client had to retry, or gave up on) are printed.
 
-The model-free compute step (musicrep.store.synthetic) stands in for decode + model: it
+The model-free compute step (musicrep.pipelines.synthetic) stands in for decode + model: it
 reads every object as the real step does, and the storage requests are what is tested.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from deltalake import DeltaTable
 from fault_proxy import FAULTS, LOST, FaultProxyProcess
 from gcs_xml_shim import FAKE_GCS_BUCKET
 from musicrep.pipelines import reembed
-from musicrep.store.synthetic import SyntheticEmbedding, write_synthetic_export
+from musicrep.pipelines.synthetic import SyntheticEmbedding, write_synthetic_export
 from store_support import IN_MEMORY, object_bytes
 
 SEEDS = (1, 2, 3)
