@@ -161,7 +161,8 @@ def test_a_track_failing_part_way_is_one_dead_letter_and_no_window_rows(catalog,
     final_long = next(i for i, r in enumerate(records) if r.track_id == "long" and r.final)
     write_shard(shard, records[:final_long] + records[final_long + 1 :])
     out = str(tmp_path / "out")
-    assert embed_job.run(["--features", str(shard), "--model", tiny_model_uri, "--output", out, "--per-window", *BATCH, *IN_MEMORY]) == 0
+    result = embed_job.run(["--features", str(shard), "--model", tiny_model_uri, "--output", out, "--per-window", *BATCH, *IN_MEMORY])
+    assert (result.tracks_in, result.tracks_out, result.tracks_failed) == (2, 1, 1)
     assert list(read_embeddings(out).index) == ["short"]
     assert [(e["track_id"], e["stage"]) for e in read_dead_letters(out)] == [("long", "segments")]
     (path,) = committed(out, "windows")
