@@ -1,4 +1,5 @@
-"""Usage errors of the Beam jobs: found once, at the edge (musicrep.pipelines.settings),
+"""Usage errors of the jobs: found once, at the edge (musicrep.pipelines.settings, the probe and
+pre-training configs),
 answered in one line with exit 2, before Beam or TensorFlow is imported (issue 19)."""
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ CASES = {
     "probe with a contradicting task": (["probe", "--embeddings", "{root}/e.parquet", "--labels", "{root}/l.csv",
                                          "--output", "{root}/p", "--preset", "MTT", "--task", "multiclass"],
                                         "--task multiclass contradicts preset MTT"),
+    "pretrain steps": (["pretrain", "simclr", "--features", "{root}/f", "--output", "{root}/p", "--steps", "-5"],
+                       "steps must be ≥ 1, got -5"),
     "manifest catalog": (["reembed", "--catalog", "{root}/list.csv", "--model", "{root}/model", "--store", "{root}/s"],
                          "reembed needs a glob for --catalog"),
 }
