@@ -1,6 +1,6 @@
-"""Usage errors of the jobs: found once, at the edge (musicrep.pipelines.settings, the probe and
-pre-training configs),
-answered in one line with exit 2, before Beam or TensorFlow is imported (issue 19)."""
+"""Usage errors of the jobs: found once, at the edge (musicrep.pipelines.settings, the probe
+and pre-training configs), answered in one line with exit 2, before Beam or TensorFlow is
+imported (issue 19)."""
 from __future__ import annotations
 
 import os
