@@ -125,7 +125,10 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
         # batches are bounded in windows, so a call holds at most ~max_windows_per_call
         # windows cut out (115 KB each at 300 frames) whatever the track lengths. Counted in
         # chunks, 16 chunks of a long track cut 2,048 windows: +500 MB on a 10-hour track.
-        return {"min_batch_size": 1, "max_batch_size": self._max_windows, "element_size_fn": n_windows_of}
+        # A fixed size, not Beam's adaptive one: that starts at one chunk and grows, and a
+        # call of one short track's chunk pads a model batch for every few windows.
+        return {"min_batch_size": self._max_windows, "max_batch_size": self._max_windows,
+                "element_size_fn": n_windows_of}
 
     def share_model_across_processes(self) -> bool:
         return self._spec.large_model

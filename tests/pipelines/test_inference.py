@@ -44,6 +44,9 @@ def test_model_calls_are_bounded_in_windows_not_chunks(rng):
 
     def check(windows_per_call):
         assert max(windows_per_call) <= 512 and sum(windows_per_call) == sum(sizes), windows_per_call
+        # Calls are filled (no chunk of ≤ 128 windows would have fitted), not grown from one
+        # chunk: only a bundle's last call is short.
+        assert sorted(windows_per_call)[1:] == sorted(n for n in windows_per_call if n > 512 - 128), windows_per_call
 
     with TestPipeline() as pipeline:
         calls = (
