@@ -298,8 +298,9 @@ def main() -> None:
         result["parity"] = _parity(tmp)
         result["load_average_at_end"] = os.getloadavg()
         for key in ("job_catalog", "job_fixed"):
-            result[f"{key}_speedup"] = round(
-                result["after"][key]["audio_s_per_cpu_s"] / result["before"][key]["audio_s_per_cpu_s"], 2)
+            before_rate = result["before"][key]["audio_s_per_cpu_s"]
+            # None where the before job reported no audio (its counter rounds a short track to 0 s).
+            result[f"{key}_speedup"] = round(result["after"][key]["audio_s_per_cpu_s"] / before_rate, 2) if before_rate else None
         result["target_job_audio_s_per_cpu_s"] = 200
     print(json.dumps(result, indent=2))
 

@@ -23,7 +23,6 @@ import numpy as np
 from musicrep.errors import ConfigError
 from musicrep.features import audio
 from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
-from musicrep.features.stream import Stopwatch
 from musicrep.features.windows import WindowStream
 
 # Column order of the per-window int32 positions the graph takes.
@@ -101,12 +100,10 @@ class TrackInput:
         *,
         config: FeatureConfig = DEFAULT_FEATURE_CONFIG,
         max_samples: int | None = None,
-        stopwatch: Stopwatch | None = None,
     ):
         self._source, self._config = source, config
         self._geometry = geometry(config)
         self._max_samples = max_samples
-        self._stopwatch = stopwatch or Stopwatch()
         self.n_input = 0
 
     @property
@@ -129,7 +126,6 @@ class TrackInput:
             self.n_input += chunk.size
             if chunk.size:
                 yield chunk
-            self._stopwatch.check()
             if enough is not None and self.n_input >= enough:
                 break  # closes the decoder: the rest of the file is never read
 

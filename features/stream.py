@@ -6,12 +6,12 @@ concatenate to its log-mel (tests/features/test_streaming.py).
 """
 from __future__ import annotations
 
-import time
-from typing import BinaryIO, Callable, Iterator
+import tempfile
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from musicrep.errors import ConfigError, TrackTimeoutError
+from musicrep.errors import ConfigError
 from musicrep.features.audio import decode_chunks
 from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
 from musicrep.features.log_mel import LogMelStream
@@ -21,33 +21,13 @@ from musicrep.features.log_mel import LogMelStream
 SEGMENT_FRAMES = 1 << 16
 
 
-class Stopwatch:
-    """Time spent on one track against its budget (seconds, None: none); `check()`
-    raises TrackTimeoutError past it (checked between decoded chunks, ~6 s of audio)."""
-
-    def __init__(self, budget_s: float | None = None, clock: Callable[[], float] = time.monotonic):
-        self._budget_s, self._clock = budget_s, clock
-        self._started = clock()
-
-    @property
-    def elapsed_s(self) -> float:
-        return self._clock() - self._started
-
-    def check(self) -> None:
-        if self._budget_s is None:
-            return
-        elapsed_s = self.elapsed_s
-        if elapsed_s > self._budget_s:
-            raise TrackTimeoutError(f"gave up after {elapsed_s:.1f} s (the per-track time budget is {self._budget_s:g} s)")
-
-
 class TrackLogMel:
     """Iterating gives the track's log-mel [frames, n_mels] in non-empty blocks (~6 s
     each); with max_samples, the log-mel of the waveform's first that many samples.
     After the iteration, `n_samples` and `duration_s` are the waveform's.
 
-    The iteration raises AudioDecodeError (decode), ConfigError (log-mel) or
-    TrackTimeoutError (past the stopwatch's budget).
+    The iteration raises AudioDecodeError (decode) or ConfigError (log-mel). The jobs run
+    it in a child process (musicrep.features.front_end_process), which bounds its time.
     """
 
     def __init__(
@@ -56,11 +36,9 @@ class TrackLogMel:
         *,
         config: FeatureConfig = DEFAULT_FEATURE_CONFIG,
         max_samples: int | None = None,
-        stopwatch: Stopwatch | None = None,
     ):
         self._source, self._config = source, config
         self._max_samples = max_samples
-        self._stopwatch = stopwatch or Stopwatch()
         self.n_samples = 0
 
     @property
@@ -78,7 +56,6 @@ class TrackLogMel:
             block = stream.push(chunk)
             if block.shape[0]:
                 yield block
-            self._stopwatch.check()
             if remaining == 0:
                 break  # closes the decoder: the rest of the file is never read
         block = stream.finish()
@@ -122,3 +99,48 @@ class Segmenter:
         frames = np.concatenate(self._blocks) if self._blocks else np.zeros((0, 0), np.float32)
         self._blocks, self._held = [], 0
         return self._offset, frames
+
+
+class SegmentSpill:
+    """Segments of a track that may not go out yet (the features job writes a track only
+    once it has decoded to its end), kept in an unnamed local temporary file, gone when
+    closed or when the process dies: memory holds one segment at a time whatever the
+    track's length. `add(offset, frames)` them in order; iterating gives them back."""
+
+    def __init__(self, directory: str | None = None):
+        self._directory = directory
+        self._file = None
+        self._index: list[tuple[int, tuple[int, ...], np.dtype]] = []
+
+    def add(self, offset: int, frames: np.ndarray) -> None:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(dir=self._directory)
+        frames = np.ascontiguousarray(frames)
+        self._index.append((offset, frames.shape, frames.dtype))
+        self._file.write(memoryview(frames).cast("B"))
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        if self._file is None:
+            return
+        self._file.seek(0)
+        for offset, shape, dtype in self._index:
+            frames = np.empty(shape, dtype)
+            self._file.readinto(memoryview(frames).cast("B"))
+            yield offset, frames
+
+    @property
+    def closed(self) -> bool:
+        """Whether the spill's file is gone (it is made on the first segment)."""
+        return self._file is None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._index = []
+
+    def __enter__(self) -> "SegmentSpill":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -18,8 +18,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 
-from musicrep.features.audio_windows import AudioTrackWindower, AudioWindowGeometry, TrackInput, cut_audio_windows, geometry
-from musicrep.features.stream import Stopwatch
+from musicrep.features import front_end_process
+from musicrep.features.audio_windows import AudioTrackWindower, AudioWindowGeometry, cut_audio_windows, geometry
 from musicrep.contracts.window_spec import WindowSpec
 from musicrep.pipelines.embed_transforms import EmbedAudioWindows, failed, track_end
 from musicrep.pipelines.features import StreamTrack, TrackInProgress
@@ -81,15 +81,14 @@ class EmbedAudioInputWindows(StreamTrack):
     """(track_id, uri) → AudioTrackWindows chunks and the track's end or failure
     ("partials"): EmbedAudioWindows for the device front end (only decoding on the CPU)."""
 
+    front_end = front_end_process.AUDIO
+
     def __init__(self, *, metadata: ExportMetadata, windows: WindowSpec, time_budget_s: float | None = None):
         geometry(metadata.features)  # refuses a front end the graph does not implement, in the launcher
         windows.frames(metadata.features)
         super().__init__(metadata.features, time_budget_s=time_budget_s, max_samples=windows.max_samples(metadata.features))
         self._metadata = metadata
         self._windows = windows
-
-    def open_track(self, handle, stopwatch: Stopwatch) -> TrackInput:
-        return TrackInput(handle, config=self._config, max_samples=self._max_samples, stopwatch=stopwatch)
 
     def on_block(self, track: TrackInProgress, block: np.ndarray) -> Iterator:
         if track.state is None:

@@ -26,7 +26,6 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from musicrep import fileio
 from musicrep.errors import ConfigError, TooShortError, TrackTimeoutError
 from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG, FeatureConfig
 from musicrep.contracts.shards import (
@@ -37,7 +36,8 @@ from musicrep.contracts.shards import (
     serialize_record,
     write_shard_record,
 )
-from musicrep.features.stream import SEGMENT_FRAMES, Segmenter, Stopwatch, TrackLogMel
+from musicrep.features import front_end_process
+from musicrep.features.stream import SEGMENT_FRAMES, Segmenter, SegmentSpill
 from musicrep.contracts.layout import ERRORS_PREFIX, METRICS_NAMESPACE, SHARD_TEMPLATE
 from musicrep.contracts.tracks import glob_prefix, is_manifest, track_id_for
 from musicrep.manifest import MANIFEST_NAME
@@ -132,11 +132,18 @@ class StreamTrack(beam.DoFn):
     """(track_id, uri) → the track's log-mel as a stream of blocks, handed to the
     subclass (`on_block`, `on_end`, `on_failure`), so no stage holds the whole track.
 
+    Each track is read and decoded in the worker's child process
+    (musicrep.features.front_end_process): a hang or a crash in FFmpeg is that track's
+    dead letter and the worker moves on. `front_end` says what the child gives: log-mel
+    blocks, or (the device front end) decoded audio.
+
     With `existing` (track_id → content_sha256 of tracks already embedded with the same
     model and features), a track whose bytes hash to the known value is not decoded:
     it goes to the "skipped" output as (track_id, uri). `time_budget_s` bounds the time
     one track may take (a dead letter `timeout`); `max_samples` the waveform decoded.
     """
+
+    front_end = front_end_process.LOG_MEL
 
     def __init__(self, config: FeatureConfig, *, time_budget_s: float | None = None, max_samples: int | None = None):
         self._config = config
@@ -150,17 +157,13 @@ class StreamTrack(beam.DoFn):
         self._track_ms = Metrics.distribution(METRICS_NAMESPACE, "track_processing_ms")
 
     def setup(self) -> None:
-        # Import here: librosa (for the filterbank) loads once per worker, not in the launcher.
-        import threadpoolctl
-
-        from musicrep import features
-
-        # Runners start one worker per core: BLAS threads on top only fight each other
-        # (the resampler's and mel products run 2-3x slower with them on a busy machine).
-        threadpoolctl.threadpool_limits(1, user_api="blas")
-        features.mel_filterbank(self._config)
+        self._decoder = front_end_process.FrontEndProcess()
+        self._decoder.start()
         self._done = 0
         self._last_progress = time.monotonic()
+
+    def teardown(self) -> None:
+        self._decoder.close()
 
     def process(self, element: tuple[str, str], existing: dict[str, str] | None = None) -> Iterator:
         track_id, uri = element
@@ -168,17 +171,19 @@ class StreamTrack(beam.DoFn):
         started = time.perf_counter()
         self._read.inc()
         track = TrackInProgress(track_id=track_id, uri=uri)
+        request = front_end_process.Request(
+            uri=uri, mode=self.front_end, config=self._config, max_samples=self._max_samples,
+            skip_sha256=(existing or {}).get(track_id),
+        )
         stage = "read"
         try:
-            with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-                track.content_sha256 = fileio.sha256_of(handle)
-                if existing and existing.get(track_id) == track.content_sha256:
+            with self._decoder.track(request, budget_s=self._time_budget_s) as blocks:
+                track.content_sha256 = blocks.content_sha256()
+                if track.content_sha256 == request.skip_sha256:
                     self._skipped.inc()
                     yield beam.pvalue.TaggedOutput("skipped", (track_id, uri))
                     return
-                handle.seek(0)
                 stage = "decode"
-                blocks = self.open_track(handle, Stopwatch(self._time_budget_s))
                 for block in blocks:
                     yield from self.on_block(track, block)
             track.duration_s = blocks.duration_s
@@ -192,11 +197,6 @@ class StreamTrack(beam.DoFn):
             self._audio_seconds.inc(int(round(track.duration_s)))
         self._track_ms.update(int((time.perf_counter() - started) * 1000))
         self._report_progress()
-
-    def open_track(self, handle, stopwatch: Stopwatch):
-        """The track as an iterable of blocks with `duration_s` once iterated: its log-mel
-        (the device front end's DoFn gives decoded audio instead)."""
-        return TrackLogMel(handle, config=self._config, max_samples=self._max_samples, stopwatch=stopwatch)
 
     def on_block(self, track: "TrackInProgress", block) -> Iterator:
         raise NotImplementedError
@@ -241,35 +241,36 @@ class ComputeLogMel(StreamTrack):
     """(track_id, uri) → FeatureRecords (segments of SEGMENT_FRAMES, see
     musicrep.contracts.shards), or a dead letter naming the stage.
 
-    A long track whose first segments are out when it fails (a timeout, a decode error
-    hours in) is closed with what was decoded: its final record says so through the
-    counter `tracks_truncated` and a warning, as one output for the input.
+    A track's records go out only once it has decoded to its end, so a track that fails
+    hours in (a timeout, a decode error) is one dead letter, as a short one is. Until
+    then the segments of a long track wait in a local spill file (SegmentSpill), not in
+    memory.
     """
 
     def __init__(self, config: FeatureConfig, *, time_budget_s: float | None = None, segment_frames: int = SEGMENT_FRAMES):
         super().__init__(config, time_budget_s=time_budget_s)
         self._segment_frames = segment_frames
-        self._truncated = Metrics.counter(METRICS_NAMESPACE, "tracks_truncated")
 
     def on_block(self, track: TrackInProgress, block) -> Iterator:
         if track.state is None:
-            track.state = Segmenter(self._segment_frames)
-        for offset, frames in track.state.push(block):
-            yield self._record(track, offset, frames, final=False)
+            track.state = (Segmenter(self._segment_frames), SegmentSpill())
+        segmenter, spill = track.state
+        for offset, frames in segmenter.push(block):
+            spill.add(offset, frames)
+        return iter(())
 
     def on_end(self, track: TrackInProgress) -> Iterator:
-        offset, frames = track.state.finish()
+        segmenter, spill = track.state
+        with spill:
+            for offset, frames in spill:
+                yield self._record(track, offset, frames, final=False)
+        offset, frames = segmenter.finish()
         yield self._record(track, offset, frames, final=True)
 
     def on_failure(self, track: TrackInProgress, letter: dict) -> Iterator:
-        if track.state is None or not track.state.frames_out:
-            yield beam.pvalue.TaggedOutput("errors", letter)
-            return
-        self._truncated.inc()
-        offset, frames = track.state.finish()
-        track.duration_s = (offset + frames.shape[0]) / self._config.frames_per_second
-        logger.warning("track %r ends at %.0f s: %s", track.track_id, track.duration_s, letter["message"])
-        yield self._record(track, offset, frames, final=True)
+        if track.state is not None:
+            track.state[1].close()
+        yield beam.pvalue.TaggedOutput("errors", letter)
 
     def _record(self, track: TrackInProgress, offset: int, frames, *, final: bool) -> FeatureRecord:
         return FeatureRecord(

@@ -368,8 +368,8 @@ def _add_time_budget(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="S",
-        help="seconds of work one track may take (decode, log-mel and, in embed, the model); a track "
-        "that takes longer is a dead letter 'timeout' with the time spent and the worker moves on "
-        "(default: no budget; a 10-hour track takes ~6 min of one core)",
+        help="seconds of work one track may take (read, decode, log-mel and, in embed, the model); a "
+        "track that takes longer, or hangs, is a dead letter 'timeout' with the time spent and the worker "
+        "moves on (default: no budget, so nothing cuts a hang; a 10-hour track takes ~6 min of one core)",
     )
 

@@ -24,7 +24,7 @@ from musicrep.contracts.shard_dataset import read_shards
 from musicrep.contracts.shards import parse_record
 from musicrep.features import decode, log_mel
 from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG
-from musicrep.features.stream import SEGMENT_FRAMES
+from musicrep.features.stream import SEGMENT_FRAMES, TrackLogMel
 from musicrep.contracts import tracks
 from musicrep.pipelines import features as job
 
@@ -169,6 +169,43 @@ def test_bad_inputs_are_written_or_dead_lettered_and_counts_add_up(bad_catalog, 
     assert records["eight channels 96k"].log_mel.max() > 0
     assert (result.tracks_in, result.tracks_out, result.tracks_failed) == (len(inputs), len(records), len(failed))
     assert f"{len(inputs)} tracks read, {len(records)} written, {len(failed)} failed" in result.summary()
+
+
+def test_a_read_that_stalls_is_a_timeout_dead_letter_and_the_job_goes_on(good_catalog, tmp_path):
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (catalog / "a.wav").write_bytes((good_catalog / "a.wav").read_bytes())
+    os.mkfifo(catalog / "stalled.mp3")  # a read that never returns, as on a dead mount
+    out = str(tmp_path / "out")
+    result = job.run(["--input", f"{catalog}/*", "--output", out, "--time-budget-s", "2", *RUNNER_ARGS])
+    records, errors = read_outputs(out)
+    assert set(records) == {"a"} and records["a"].n_frames == 301
+    (error,) = errors
+    assert (error["track_id"], error["stage"], error["error_type"]) == ("stalled", "timeout", "TrackTimeoutError")
+    assert error["message"].startswith("gave up after 2.")
+    assert (result.tracks_in, result.tracks_out, result.tracks_failed) == (2, 1, 1)
+
+
+def test_a_long_track_that_fails_part_way_is_one_dead_letter_and_no_segment(tmp_path):
+    """Segments of an unfinished track wait in the spill: a failure hours in (a timeout,
+    a decode error) leaves no part of the track in the shards."""
+    path = write_audio(str(tmp_path / "t.flac"), tone(110, 30.0, 8000), 8000)
+    blocks = list(TrackLogMel(open(path, "rb")))
+    dofn = job.ComputeLogMel(DEFAULT_FEATURE_CONFIG, segment_frames=700)
+    failing = job.TrackInProgress(track_id="t", uri="u")
+    assert [output for block in blocks for output in dofn.on_block(failing, block)] == []
+    letter = {"track_id": "t", "stage": "timeout"}
+    assert not failing.state[1].closed  # four segments wait in the spill
+    (output,) = dofn.on_failure(failing, letter)
+    assert (output.tag, output.value) == ("errors", letter)
+    assert failing.state[1].closed
+    done = job.TrackInProgress(track_id="t", uri="u", duration_s=30.0)
+    assert [output for block in blocks for output in dofn.on_block(done, block)] == []
+    records = list(dofn.on_end(done))
+    assert [(r.frame_offset, r.n_frames, r.final) for r in records] == [
+        (0, 700, False), (700, 700, False), (1400, 700, False), (2100, 700, False), (2800, 201, True)
+    ]
+    np.testing.assert_array_equal(np.concatenate([r.log_mel for r in records]), np.concatenate(blocks))
 
 
 def test_manifest_with_duplicate_ids_dead_letters_the_extra_uri(good_catalog, tmp_path):
