@@ -152,13 +152,17 @@ def _write_shard(records: list[bytes], level: int, masked_crc32c) -> int:
 
 def start_up() -> dict:
     """CPU-seconds of a features worker's start (Beam's worker module, the job's module,
-    the DoFn's setup) and of the launcher's imports, each in a fresh process."""
+    the DoFn's setup with the start of its front-end process) and of the launcher's
+    imports, each in a fresh process."""
     worker = (
         "import apache_beam.runners.worker.sdk_worker_main\n"
         "from musicrep.pipelines import features\n"
         "try:\n    from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG\n"
         "except ImportError:\n    from musicrep.features.config import DEFAULT_FEATURE_CONFIG\n"
-        "features.ComputeLogMel(DEFAULT_FEATURE_CONFIG).setup()\n"
+        "dofn = features.ComputeLogMel(DEFAULT_FEATURE_CONFIG)\n"
+        "dofn.setup()\n"
+        # Its front-end process (where the version has one), waited for so that its CPU counts.
+        "getattr(dofn, 'teardown', lambda: None)()\n"
     )
     launcher = "import musicrep.cli\nfrom musicrep.pipelines import features\n"
     return {"worker_s": round(_child_cpu_s([sys.executable, "-c", worker]), 2),

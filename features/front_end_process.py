@@ -94,6 +94,8 @@ class FrontEndProcess:
     def track(self, request: Request, *, budget_s: float | None = None) -> "RemoteTrack":
         """Sends `request` and returns the track's answer, read as it is iterated; the
         child gets `budget_s` seconds from now for all of it."""
+        if self._child is not None and self._child.poll() is not None:
+            self._close_pipes()  # it died between tracks (the OOM killer, a kill): not this track's fault
         self.start()
         _send(self._child.stdin, request)
         return RemoteTrack(self, self._child, request, budget_s)

@@ -37,7 +37,7 @@ from musicrep.contracts.shards import (
     write_shard_record,
 )
 from musicrep.features import front_end_process
-from musicrep.features.stream import SEGMENT_FRAMES, Segmenter, SegmentSpill
+from musicrep.features.segments import SEGMENT_FRAMES, Segmenter, SegmentSpill
 from musicrep.contracts.layout import ERRORS_PREFIX, METRICS_NAMESPACE, SHARD_TEMPLATE
 from musicrep.contracts.tracks import glob_prefix, is_manifest, track_id_for
 from musicrep.manifest import MANIFEST_NAME

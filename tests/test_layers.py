@@ -101,3 +101,18 @@ def test_light_modules_import_neither_tensorflow_nor_beam(module):
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_the_features_jobs_workers_leave_decoding_to_their_front_end_process():
+    # What a features worker loads: its DoFn, the segments, the shard writer. PyAV and
+    # scipy load in the front-end process only (~0.4 CPU-s a worker, in every job's start-up).
+    code = (
+        "import sys\n"
+        "from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG\n"
+        "from musicrep.pipelines import features\n"
+        "features.ComputeLogMel(DEFAULT_FEATURE_CONFIG)\n"
+        "import musicrep.features\n"
+        "print(','.join(sorted(m for m in ('av', 'soxr', 'scipy', 'librosa', 'tensorflow') if m in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""

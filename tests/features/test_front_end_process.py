@@ -150,6 +150,16 @@ def test_a_track_given_up_half_read_does_not_reach_the_next_request(child, track
         assert sum(block.shape[0] for block in track) == DEFAULT_FEATURE_CONFIG.n_frames(track.n_samples)
 
 
+def test_a_child_that_died_between_tracks_is_replaced_before_the_next(child, tracks):
+    pid = _pid(child)
+    os.kill(pid, 9)  # as the OOM killer would
+    while _alive(pid):
+        time.sleep(0.05)
+    with child.track(_request(tracks["b.mp3"])) as track:
+        assert sum(block.shape[0] for block in track) == DEFAULT_FEATURE_CONFIG.n_frames(track.n_samples)
+    assert _pid(child) != pid
+
+
 def test_a_child_that_cannot_start_fails_the_start_not_the_tracks():
     process = FrontEndProcess([sys.executable, "-c", "import sys; sys.exit(3)"])
     with pytest.raises(RuntimeError, match=r"did not start: the front-end process died \(exit status 3\)"):

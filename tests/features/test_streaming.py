@@ -11,7 +11,8 @@ from musicrep.errors import AudioDecodeError, TooShortError
 from musicrep.features import decode, log_mel
 from musicrep.features.audio import decode_chunks
 from musicrep.features.log_mel import LogMelStream
-from musicrep.features.stream import Segmenter, SegmentSpill, TrackLogMel
+from musicrep.features.segments import Segmenter, SegmentSpill
+from musicrep.features.stream import TrackLogMel
 from musicrep.contracts.window_spec import WindowSpec
 from musicrep.features.windows import OnlinePool, WindowStream, cut_windows, window_starts
 

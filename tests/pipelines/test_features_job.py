@@ -24,7 +24,8 @@ from musicrep.contracts.shard_dataset import read_shards
 from musicrep.contracts.shards import parse_record
 from musicrep.features import decode, log_mel
 from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG
-from musicrep.features.stream import SEGMENT_FRAMES, TrackLogMel
+from musicrep.features.segments import SEGMENT_FRAMES
+from musicrep.features.stream import TrackLogMel
 from musicrep.contracts import tracks
 from musicrep.pipelines import features as job
 
