@@ -37,8 +37,6 @@ import numpy as np
 from musicrep.contracts.feature_config import FeatureConfig
 from musicrep.errors import AudioDecodeError, TrackTimeoutError
 
-logger = logging.getLogger(__name__)
-
 _LENGTH = struct.Struct("<Q")
 # What the child produces: log-mel blocks (TrackLogMel) or decoded input (TrackInput).
 LOG_MEL, AUDIO = "log_mel", "audio"

@@ -29,11 +29,6 @@ class Segmenter:
         self._held = 0
         self._offset = 0
 
-    @property
-    def frames_out(self) -> int:
-        """Frames in the segments given out so far."""
-        return self._offset
-
     def push(self, block: np.ndarray) -> list[tuple[int, np.ndarray]]:
         self._blocks.append(block)
         self._held += block.shape[0]
