@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "librosa>=0.11",
     "google-cloud-storage>=2.18",
     "google-crc32c>=1.5",  # TFRecord checksums of the shard reader (musicrep.contracts.shards)
+    "isal>=1.6",  # ISA-L's gzip for the shards (musicrep.contracts.shards)
     "pyyaml>=6",
     "deltalake>=1.6,<2",
     "openvino>=2026.4,<2027",

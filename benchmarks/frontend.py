@@ -1,6 +1,7 @@
 """The CPU front end before and after, in one run, printed as one JSON object.
 
     python benchmarks/frontend.py [--before c6e3bfc] [--tracks 10] [--duration-s 120] [--copies 3] [--catalog DIR]
+                                  [--repeats 3]
 
 "Before" is the package at git revision --before (extracted with `git archive` into a
 temporary directory and put first on PYTHONPATH of the child processes); "after" is the
@@ -15,7 +16,10 @@ each file hard-linked --copies times so the job's catalog reaches >= 30 minutes.
    DoFn setup; the launcher's imports).
 2. job: the features job end to end (`musicrep features`, embedded runner, one worker per
    core) in audio-s per CPU-s (user + sys of the whole process tree), and the same job on
-   a 2-second catalog (its fixed cost), from which the steady rate follows.
+   a 2-second catalog (its fixed cost), from which the steady rate follows. Each job runs
+   --repeats times; the run of median CPU is reported with every run's CPU-s. "after" also
+   runs with `--direct_running_mode=multi_processing` (`_in_processes`: worker processes,
+   as before the job's workers became threads).
 3. parity: max |log-mel after − log-mel before| over the distinct files (decode → log-mel).
 """
 from __future__ import annotations
@@ -26,6 +30,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,6 +39,7 @@ import time
 AUDIO_EXTENSIONS = (".mp3", ".flac", ".opus")
 PER_AUDIO_S = 720.0
 # gzip level each version writes its shards at (before: Beam's WriteToTFRecord, zlib's default).
+# gzip level of a version without contracts.shards.DEFAULT_GZIP_LEVEL (Beam's WriteToTFRecord: zlib's default).
 BEFORE_GZIP_LEVEL = 6
 
 
@@ -59,7 +65,7 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def stages(files: list[str], gzip_level: int, parity_path: str) -> dict:
+def stages(files: list[str], parity_path: str) -> dict:
     """Per-stage CPU-seconds of the importable musicrep (this process's), per 720 s."""
     import importlib
 
@@ -70,10 +76,13 @@ def stages(files: list[str], gzip_level: int, parity_path: str) -> dict:
     threadpoolctl.threadpool_limits(1, user_api="blas")
     audio = importlib.import_module("musicrep.features.audio")
     log_mel_module = importlib.import_module("musicrep.features.log_mel")
-    # Issue 19 moved the shard and feature-config modules into musicrep.contracts.
-    shards = _first_module("musicrep.contracts.shards", "musicrep.features.shards")
-    config = _first_module("musicrep.contracts.feature_config", "musicrep.features.config").DEFAULT_FEATURE_CONFIG
+    # Issue 19 moved the shard and feature-config modules into musicrep.contracts. The old
+    # names first: an editable install resolves musicrep.contracts to the working tree's
+    # even for a version that has none.
+    shards = _first_module("musicrep.features.shards", "musicrep.contracts.shards")
+    config = _first_module("musicrep.features.config", "musicrep.contracts.feature_config").DEFAULT_FEATURE_CONFIG
 
+    gzip_level = getattr(shards, "DEFAULT_GZIP_LEVEL", BEFORE_GZIP_LEVEL)
     log_mel_module.mel_filterbank(config)
     spent = dict.fromkeys(("decode", "s16_44k", "channel_sum", "resample_16k", "stft_power", "mel", "log", "shard"), 0.0)
     audio_s, outputs = 0.0, {}
@@ -124,7 +133,7 @@ def stages(files: list[str], gzip_level: int, parity_path: str) -> dict:
             feature_version=config.version,
         )
         started = _cpu_s()
-        _write_shard([shards.serialize_record(record)], gzip_level, shards._masked_crc32c)
+        _write_shard([shards.serialize_record(record)], gzip_level, shards)
         spent["shard"] += _cpu_s() - started
         outputs[os.path.basename(path)] = features
     np.savez(parity_path, **outputs)
@@ -132,21 +141,24 @@ def stages(files: list[str], gzip_level: int, parity_path: str) -> dict:
     table = {name: round(seconds * per, 3) for name, seconds in spent.items()}
     table["total"] = round(sum(spent.values()) * per, 3)
     return {"audio_s": round(audio_s, 1), "cpu_s_per_720_audio_s": table,
-            "audio_s_per_cpu_s": round(audio_s / sum(spent.values()), 1)}
+            "audio_s_per_cpu_s": round(audio_s / sum(spent.values()), 1), "gzip_level": gzip_level}
 
 
-def _write_shard(records: list[bytes], level: int, masked_crc32c) -> int:
-    """Bytes of a gzip TFRecord shard of `records` (the framing both versions write)."""
+def _write_shard(records: list[bytes], level: int, shards) -> int:
+    """Bytes of a gzip TFRecord shard of `records`, compressed as the version's job does
+    (its `gzip_writer`; before it, zlib through gzip.GzipFile) with the framing both write."""
     import gzip
     import struct
 
     buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=level, mtime=0) as out:
+    writer = getattr(shards, "gzip_writer", None)
+    out = writer(buffer, level) if writer else gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=level, mtime=0)
+    with out:
         for data in records:
             length = struct.pack("<Q", len(data))
-            out.write(length + struct.pack("<I", masked_crc32c(length)))
+            out.write(length + struct.pack("<I", shards._masked_crc32c(length)))
             out.write(data)
-            out.write(struct.pack("<I", masked_crc32c(data)))
+            out.write(struct.pack("<I", shards._masked_crc32c(data)))
     return buffer.tell()
 
 
@@ -175,12 +187,12 @@ def _child_cpu_s(command: list[str]) -> float:
     return _children_cpu_s() - before
 
 
-def job(pattern: str, output: str) -> dict:
+def job(pattern: str, output: str, *beam_args: str) -> dict:
     """`musicrep features` on `pattern`: CPU-s of the process tree, wall s, audio s."""
     before, started = _children_cpu_s(), time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", "import sys; from musicrep.cli import main; sys.exit(main())",
-         "features", "--input", pattern, "--output", output],
+         "features", "--input", pattern, "--output", output, *beam_args],
         check=True, capture_output=True, text=True,
     )
     wall_s, cpu_s = time.perf_counter() - started, _children_cpu_s() - before
@@ -191,31 +203,37 @@ def job(pattern: str, output: str) -> dict:
             "audio_s_per_cpu_s": round(audio_s / cpu_s, 1), "shard_bytes": size}
 
 
-def _version(name: str, env: dict, files: list[str], catalogs: dict, tmp: str) -> dict:
-    """Every measurement of one version, its children run with `env`."""
+def _version(name: str, env: dict, files: list[str], catalogs: dict, tmp: str, repeats: int,
+             job_variants: dict[str, list[str]]) -> dict:
+    """Every measurement of one version, its children run with `env`; each job variant
+    (suffix → extra Beam arguments) on each catalog `repeats` times."""
     parity_path = os.path.join(tmp, f"log_mel_{name}.npz")
-    from musicrep.contracts.shards import DEFAULT_GZIP_LEVEL
-
-    gzip_level = BEFORE_GZIP_LEVEL if name == "before" else DEFAULT_GZIP_LEVEL
-    child = subprocess.run(
-        [sys.executable, __file__, "--child-stages", parity_path, "--gzip-level", str(gzip_level), *files],
-        env=env, check=True, capture_output=True, text=True,
-    )
+    child = subprocess.run([sys.executable, __file__, "--child-stages", parity_path, *files],
+                           env=env, check=True, capture_output=True, text=True)
     result = {"stages": json.loads(child.stdout.strip().splitlines()[-1])}
     start = subprocess.run([sys.executable, __file__, "--child-start-up"], env=env, check=True,
                            capture_output=True, text=True)
     result["stages"]["start_up"] = json.loads(start.stdout.strip().splitlines()[-1])
-    for label, pattern in catalogs.items():
-        result[f"job_{label}"] = job_in(env, pattern, os.path.join(tmp, f"out-{name}-{label}"))
-    big, fixed = result["job_catalog"], result["job_fixed"]
-    result["job_steady_audio_s_per_cpu_s"] = round(big["audio_s"] / (big["cpu_s"] - fixed["cpu_s"]), 1)
+    for suffix, beam_args in job_variants.items():
+        for label, pattern in catalogs.items():
+            output = os.path.join(tmp, f"out-{name}-{label}{suffix}")
+            result[f"job_{label}{suffix}"] = _median_run(env, pattern, output, beam_args, repeats)
+        big, fixed = result[f"job_catalog{suffix}"], result[f"job_fixed{suffix}"]
+        result[f"job_steady{suffix}_audio_s_per_cpu_s"] = round(big["audio_s"] / (big["cpu_s"] - fixed["cpu_s"]), 1)
     return result
 
 
-def job_in(env: dict, pattern: str, output: str) -> dict:
-    child = subprocess.run([sys.executable, __file__, "--child-job", pattern, output], env=env, check=True,
-                           capture_output=True, text=True)
-    return json.loads(child.stdout.strip().splitlines()[-1])
+def _median_run(env: dict, pattern: str, output: str, beam_args: list[str], repeats: int) -> dict:
+    """The run of median CPU among `repeats`, with every run's CPU-s: on a shared VM the
+    same job's CPU moves by ~10 % from run to run."""
+    runs = []
+    for _ in range(repeats):
+        shutil.rmtree(output, ignore_errors=True)
+        child = subprocess.run([sys.executable, __file__, "--child-job", pattern, output, *beam_args], env=env,
+                               check=True, capture_output=True, text=True)
+        runs.append(json.loads(child.stdout.strip().splitlines()[-1]))
+    runs.sort(key=lambda run: run["cpu_s"])
+    return {**runs[len(runs) // 2], "cpu_s_of_each_run": [run["cpu_s"] for run in runs]}
 
 
 def _before_tree(revision: str, tmp: str) -> str:
@@ -226,8 +244,9 @@ def _before_tree(revision: str, tmp: str) -> str:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     archive = subprocess.run(["git", "-C", repo, "archive", revision], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", source], input=archive, check=True)
-    for name in ("features", "model", "pipelines", "probes", "store"):
-        os.symlink(os.path.join(source, name), os.path.join(source, "core", name))
+    for name in ("contracts", "features", "model", "pipelines", "probes", "store"):
+        if os.path.isdir(os.path.join(source, name)):  # contracts/ since issue 19
+            os.symlink(os.path.join(source, name), os.path.join(source, "core", name))
     root = os.path.join(tmp, "before-pkg")
     os.makedirs(root)
     os.symlink(os.path.join(source, "core"), os.path.join(root, "musicrep"))
@@ -273,17 +292,17 @@ def main() -> None:
                         "(e.g. one `musicrep synth-catalog DIR --tracks 10 --duration-s 120` wrote)")
     parser.add_argument("--child-stages", help=argparse.SUPPRESS)
     parser.add_argument("--child-start-up", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each job, of which the median is reported")
     parser.add_argument("--child-job", nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--gzip-level", type=int, help=argparse.SUPPRESS)
     args, files = parser.parse_known_args()
     if args.child_stages:
-        print(json.dumps({**stages(files, args.gzip_level, args.child_stages), "gzip_level": args.gzip_level}))
+        print(json.dumps(stages(files, args.child_stages)))
         return
     if args.child_start_up:
         print(json.dumps(start_up()))
         return
     if args.child_job:
-        print(json.dumps(job(*args.child_job)))
+        print(json.dumps(job(*args.child_job, *files)))
         return
     with tempfile.TemporaryDirectory(prefix="musicrep-frontend-") as tmp:
         files, catalogs = _catalog(tmp, args.tracks, args.duration_s, args.copies, args.catalog)
@@ -296,8 +315,10 @@ def main() -> None:
             "files": [os.path.basename(path) for path in files],
             "copies": args.copies,
             "before_revision": args.before,
-            "before": _version("before", before_env, files, catalogs, tmp),
-            "after": _version("after", dict(os.environ), files, catalogs, tmp),
+            "before": _version("before", before_env, files, catalogs, tmp, args.repeats, {"": []}),
+            # The job in its own running mode, and with worker processes as before it.
+            "after": _version("after", dict(os.environ), files, catalogs, tmp, args.repeats,
+                              {"": [], "_in_processes": ["--direct_running_mode=multi_processing"]}),
         }
         result["parity"] = _parity(tmp)
         result["load_average_at_end"] = os.getloadavg()

@@ -61,7 +61,10 @@ def resolve_files(pattern: str, *, kind: str) -> list[str]:
     kept, skipped = [], []
     listed: dict[str, set[str] | None] = {}
     for path in matched:
+        # dirname makes a local path absolute, and so are the manifest's: compare the
+        # same spelling (a relative glob, `feat/features-*`, matches relative paths).
         directory = fileio.dirname(path)
+        path = fileio.join(directory, fileio.basename(path))
         if directory not in listed:
             manifest = read_manifest(directory)
             listed[directory] = None if manifest is None else set(committed_files(manifest, directory))

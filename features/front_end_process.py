@@ -20,6 +20,7 @@ length and a pickle.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -43,6 +44,11 @@ LOG_MEL, AUDIO = "log_mel", "audio"
 # Seconds the child may take to start (imports) and to stop when asked.
 _START_TIMEOUT_S = 120.0
 _STOP_TIMEOUT_S = 5.0
+# Linux's parent-death signal (see _die_with_parent) fires when the *thread* that forked
+# the child ends, not its process; Beam's harness retires idle threads, and that would
+# kill a child another thread still reads from. So children are forked from one thread
+# that lives as long as the process.
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="front-end-spawner")
 
 
 class DecoderCrashError(AudioDecodeError):
@@ -78,7 +84,9 @@ class FrontEndProcess:
         env = dict(os.environ)
         # One worker per core: BLAS threads on top only fight each other.
         env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        self._child = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env)
+        self._child = _SPAWNER.submit(
+            subprocess.Popen, self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env
+        ).result()
         channel = _Channel(self._child, deadline=time.monotonic() + _START_TIMEOUT_S)
         try:
             kind, *_ = channel.receive()

@@ -174,11 +174,18 @@ def _carried_row(joined: tuple[str, dict]) -> Iterator[dict]:
 def embed_pipeline_options(beam_args: list[str]):
     """Pipeline options of the jobs that run the model (embed, reembed).
 
-    On the embedded runner one process runs the model on every core (TensorFlow's own
+    On the embedded runner one worker runs the model on every core (TensorFlow's own
     thread pools): measured on 2 cores, F0 ran at 13.5 windows/s with one worker process
-    and 8.6 with two.
+    and 8.6 with two. That one worker runs in the launcher's process ("in_memory"): a
+    worker process imports Beam, TensorFlow and OpenVINO once more before its first
+    window, ~10 s of a 2,040-window F0 job that runs ~32 s of forwards on a Zen 4
+    (benchmarks/embed.py: 0.76 of the bare forwards' speed in a worker process, 0.98
+    in-process). `--direct_num_workers N` alone gives N worker processes sharing the cores.
     """
-    return make_pipeline_options(beam_args, default_workers=1)
+    workers_given = any(arg.startswith("--direct_num_workers") for arg in beam_args)
+    return make_pipeline_options(
+        beam_args, default_workers=1, default_mode="multi_processing" if workers_given else "in_memory"
+    )
 
 
 def run(argv: list[str] | EmbedSettings | None = None) -> launch.JobResult:

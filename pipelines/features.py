@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
-import gzip
 import logging
 import os
 import time
@@ -33,6 +32,7 @@ from musicrep.contracts.shards import (
     SHARD_KIND,
     SHARD_SUFFIX,
     FeatureRecord,
+    gzip_writer,
     serialize_record,
     write_shard_record,
 )
@@ -354,8 +354,8 @@ def build_pipeline(
 
 
 class GzipTFRecordSink(FileBasedSink):
-    """Gzip TFRecord shards (what beam.io.WriteToTFRecord writes) at a chosen gzip level:
-    Beam's sink always compresses at zlib's default level 6."""
+    """Gzip TFRecord shards (what beam.io.WriteToTFRecord writes) at a chosen gzip level
+    (contracts.shards.gzip_writer): Beam's sink always compresses with zlib's level 6."""
 
     def __init__(self, file_path_prefix: str, *, num_shards: int = 0, gzip_level: int = DEFAULT_GZIP_LEVEL):
         super().__init__(
@@ -372,11 +372,11 @@ class GzipTFRecordSink(FileBasedSink):
 
 
 class _GzipShardFile:
-    """A gzip stream onto a file it closes with itself (gzip.GzipFile leaves it open)."""
+    """A gzip stream onto a file it closes with itself (gzip_writer's leaves it open)."""
 
     def __init__(self, raw, level: int):
         self._raw = raw
-        self._gzip = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0)
+        self._gzip = gzip_writer(raw, level)
 
     def write(self, data: bytes) -> None:
         self._gzip.write(data)
@@ -396,7 +396,10 @@ def run(argv: list[str] | FeaturesSettings | None = None) -> launch.JobResult:
     done = launch.to_directory(
         "features",
         output_dir=settings.output,
-        options=make_pipeline_options(list(settings.beam_args)),
+        # The workers decode in their front-end processes, so on the embedded runner they
+        # are threads of the launcher: each worker process would import Beam again
+        # (~2.4 CPU-s, a fifth of a 36-minute catalog's CPU; docs/front-end.md).
+        options=make_pipeline_options(list(settings.beam_args), default_mode="multi_threading"),
         build=lambda pipeline, staging_dir: build_pipeline(
             pipeline,
             source=settings.source,

@@ -72,11 +72,16 @@ def check_beam_args(beam_args: list[str]) -> None:
     )
 
 
-def make_pipeline_options(beam_args: list[str], *, default_workers: int | None = None) -> PipelineOptions:
+def make_pipeline_options(
+    beam_args: list[str], *, default_workers: int | None = None, default_mode: str = "multi_processing"
+) -> PipelineOptions:
     """PipelineOptions from the arguments argparse did not take, with the offline default.
 
-    `default_workers`: worker processes of the embedded runner unless --direct_num_workers
-    says otherwise (default: one per core).
+    `default_workers`: workers of the embedded runner unless --direct_num_workers says
+    otherwise (default: one per core). `default_mode`: how they run unless
+    --direct_running_mode says otherwise: "multi_processing" (a process each) or
+    "multi_threading" (threads of the launcher, for a job whose heavy work already runs
+    in processes of its own).
     """
     check_beam_args(beam_args)
     options = PipelineOptions(beam_args)
@@ -91,7 +96,7 @@ def make_pipeline_options(beam_args: list[str], *, default_workers: int | None =
         standard.runner = EMBEDDED_RUNNER
         direct = options.view_as(DirectOptions)
         if not any(arg.startswith("--direct_running_mode") for arg in beam_args):
-            direct.direct_running_mode = "multi_processing"
+            direct.direct_running_mode = default_mode
         # DirectOptions defaults to 1 worker, so only an explicit flag may override ours.
         if not any(arg.startswith("--direct_num_workers") for arg in beam_args):
             direct.direct_num_workers = default_workers or os.cpu_count() or 1

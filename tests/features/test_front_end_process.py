@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -164,6 +165,24 @@ def test_a_child_that_cannot_start_fails_the_start_not_the_tracks():
     process = FrontEndProcess([sys.executable, "-c", "import sys; sys.exit(3)"])
     with pytest.raises(RuntimeError, match=r"did not start: the front-end process died \(exit status 3\)"):
         process.start()
+
+
+def test_a_child_outlives_the_thread_that_started_it(tracks):
+    # Beam's harness runs setup() on a pool thread that may retire while the worker
+    # goes on using the child from another thread.
+    process = FrontEndProcess()
+    starter = threading.Thread(target=process.start)
+    starter.start()
+    starter.join()
+    pid = _pid(process)
+    time.sleep(0.5)  # a parent-death signal tied to the starter would have fired by now
+    try:
+        assert _alive(pid)
+        with process.track(_request(tracks["a.flac"])) as track:
+            assert sum(block.shape[0] for block in track) == DEFAULT_FEATURE_CONFIG.n_frames(track.n_samples)
+        assert _pid(process) == pid
+    finally:
+        process.close()
 
 
 def test_a_parent_killed_outright_takes_its_child_along(tmp_path):

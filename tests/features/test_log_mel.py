@@ -79,7 +79,7 @@ def test_float64_input_gives_the_float32_result(rng):
 
 
 def test_long_input_crosses_block_boundaries(rng):
-    # More frames than one processing block (2048): blocks must join seamlessly.
+    # More frames than one processing block (256): blocks must join seamlessly.
     waveform = (0.1 * rng.standard_normal(2500 * 160)).astype(np.float32)
     assert_parity(waveform)
 

@@ -77,7 +77,7 @@ def test_a_commit_whose_files_disagree_with_the_runs_totals_changes_nothing(tmp_
     assert all(os.path.exists(p) for p in committed(out, "embeddings"))
 
 
-def test_readers_resolve_a_directory_or_a_glob_through_the_manifest(tmp_path):
+def test_readers_resolve_a_directory_or_a_glob_through_the_manifest(tmp_path, monkeypatch):
     out = str(tmp_path / "out")
     run = commit.start_run(out)
     _stage(run, rows=1, errors=0)
@@ -87,6 +87,8 @@ def test_readers_resolve_a_directory_or_a_glob_through_the_manifest(tmp_path):
     (tmp_path / "out" / "embeddings-20990101T000000Z-aaaaaa-00000-of-00001.parquet").write_bytes(b"partial")
     assert resolve_files(out, kind="embeddings") == [listed]
     assert resolve_files(f"{out}/embeddings-*.parquet", kind="embeddings") == [listed]
+    monkeypatch.chdir(tmp_path)  # a relative glob reads the same committed file
+    assert resolve_files("out/embeddings-*.parquet", kind="embeddings") == [listed]
     # Directories never committed are read by their glob as before.
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "x.parquet").write_bytes(b"")

@@ -40,6 +40,14 @@ def test_a_job_may_choose_its_default_worker_count():
     assert direct.direct_num_workers == 2
 
 
+def test_a_job_may_choose_its_default_running_mode():
+    direct = make_pipeline_options([], default_mode="multi_threading").view_as(DirectOptions)
+    assert (direct.direct_num_workers, direct.direct_running_mode) == (os.cpu_count(), "multi_threading")
+    explicit = ["--direct_running_mode", "multi_processing"]
+    direct = make_pipeline_options(explicit, default_mode="multi_threading").view_as(DirectOptions)
+    assert direct.direct_running_mode == "multi_processing"
+
+
 def test_prism_runners_use_the_local_binary_unless_told_otherwise(tmp_path, monkeypatch):
     from apache_beam.options.pipeline_options import PrismRunnerOptions
 
@@ -53,3 +61,14 @@ def test_prism_runners_use_the_local_binary_unless_told_otherwise(tmp_path, monk
     options = make_pipeline_options(["--runner=PrismRunner", "--prism_location=/opt/prism"])
     assert options.view_as(PrismRunnerOptions).prism_location == "/opt/prism"
     assert make_pipeline_options([]).view_as(PrismRunnerOptions).prism_location is None
+
+
+def test_the_model_jobs_run_their_one_worker_in_the_launcher_unless_given_more():
+    from musicrep.pipelines.embed import embed_pipeline_options
+
+    direct = embed_pipeline_options([]).view_as(DirectOptions)
+    assert (direct.direct_num_workers, direct.direct_running_mode) == (1, "in_memory")
+    direct = embed_pipeline_options(["--direct_num_workers=2"]).view_as(DirectOptions)
+    assert (direct.direct_num_workers, direct.direct_running_mode) == (2, "multi_processing")
+    direct = embed_pipeline_options(["--direct_running_mode", "multi_threading"]).view_as(DirectOptions)
+    assert (direct.direct_num_workers, direct.direct_running_mode) == (1, "multi_threading")
