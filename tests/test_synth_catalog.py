@@ -165,3 +165,24 @@ def test_bad_arguments_are_refused(tmp_path):
         write_synth_catalog(str(tmp_path), n_tracks=1, workers=0)
     with pytest.raises(SystemExit):
         synth_catalog.run([str(tmp_path)])  # --tracks is required
+
+
+def test_a_vorbis_track_that_aborted_ffmpegs_encoder_is_written(tmp_path):
+    # plan_catalog(136)'s track 104, 8 s of a marimba as 22.05 kHz Vorbis, made FFmpeg's
+    # encoder abort the process (an assertion in vorbisenc.c): in a child, so that a
+    # regression fails this test instead of killing the test run.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom musicrep import testing\n"
+        "spec = testing.plan_catalog(n_tracks=136)[104]\n"
+        "assert (spec.audio_format, spec.sample_rate_hz) == ('ogg', 22050), spec\n"
+        "testing._write_track(sys.argv[1], spec, duration_s=8.0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]
+    (path,) = tmp_path.glob("*.ogg")
+    waveform = decode(path.read_bytes())
+    assert abs(waveform.size - 8 * 16000) < 16000 * 0.05
+    assert np.abs(waveform).max() > 0.1  # the marimba, not only the noise under it
