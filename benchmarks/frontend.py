@@ -38,7 +38,6 @@ import time
 
 AUDIO_EXTENSIONS = (".mp3", ".flac", ".opus")
 PER_AUDIO_S = 720.0
-# gzip level each version writes its shards at (before: Beam's WriteToTFRecord, zlib's default).
 # gzip level of a version without contracts.shards.DEFAULT_GZIP_LEVEL (Beam's WriteToTFRecord: zlib's default).
 BEFORE_GZIP_LEVEL = 6
 

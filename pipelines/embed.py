@@ -39,7 +39,7 @@ from musicrep.pipelines.embed_transforms import (
     SkipExisting,
 )
 from musicrep.pipelines.features import ExtractLogMel, ListTracks
-from musicrep.pipelines.options import make_pipeline_options
+from musicrep.pipelines.options import flag_given, make_pipeline_options
 from musicrep.pipelines.outputs import WriteDeadLetters
 from musicrep.pipelines.settings import EmbedSettings, InferenceSpec
 
@@ -176,13 +176,13 @@ def embed_pipeline_options(beam_args: list[str]):
 
     On the embedded runner one worker runs the model on every core (TensorFlow's own
     thread pools): measured on 2 cores, F0 ran at 13.5 windows/s with one worker process
-    and 8.6 with two. That one worker runs in the launcher's process ("in_memory"): a
-    worker process imports Beam, TensorFlow and OpenVINO once more before its first
-    window, ~10 s of a 2,040-window F0 job that runs ~32 s of forwards on a Zen 4
-    (benchmarks/embed.py: 0.76 of the bare forwards' speed in a worker process, 0.98
-    in-process). `--direct_num_workers N` alone gives N worker processes sharing the cores.
+    and 8.6 with two. That one worker runs in the launcher's process ("in_memory"), so
+    Beam, TensorFlow and OpenVINO are imported once, not again in a worker process:
+    measured with benchmarks/embed.py (F0, 2,040 windows, Zen 4) the job took 67.4 CPU-s
+    against 69.9, in about the same wall time. `--direct_num_workers N` alone gives N
+    worker processes sharing the cores.
     """
-    workers_given = any(arg.startswith("--direct_num_workers") for arg in beam_args)
+    workers_given = flag_given(beam_args, "--direct_num_workers")
     return make_pipeline_options(
         beam_args, default_workers=1, default_mode="multi_processing" if workers_given else "in_memory"
     )

@@ -397,8 +397,8 @@ def run(argv: list[str] | FeaturesSettings | None = None) -> launch.JobResult:
         "features",
         output_dir=settings.output,
         # The workers decode in their front-end processes, so on the embedded runner they
-        # are threads of the launcher: each worker process would import Beam again
-        # (~2.4 CPU-s, a fifth of a 36-minute catalog's CPU; docs/front-end.md).
+        # are threads of the launcher: worker processes import Beam again (~2.4 CPU-s each;
+        # the job's fixed cost was 6.9 CPU-s with two of them, 3.2 without; docs/front-end.md).
         options=make_pipeline_options(list(settings.beam_args), default_mode="multi_threading"),
         build=lambda pipeline, staging_dir: build_pipeline(
             pipeline,

@@ -72,6 +72,12 @@ def check_beam_args(beam_args: list[str]) -> None:
     )
 
 
+def flag_given(beam_args: list[str], flag: str) -> bool:
+    """Whether `flag` (e.g. "--direct_num_workers") is among the Beam arguments, as
+    `--flag value` or `--flag=value`."""
+    return any(arg == flag or arg.startswith(flag + "=") for arg in beam_args)
+
+
 def make_pipeline_options(
     beam_args: list[str], *, default_workers: int | None = None, default_mode: str = "multi_processing"
 ) -> PipelineOptions:
@@ -95,10 +101,10 @@ def make_pipeline_options(
     if standard.runner is None:
         standard.runner = EMBEDDED_RUNNER
         direct = options.view_as(DirectOptions)
-        if not any(arg.startswith("--direct_running_mode") for arg in beam_args):
+        if not flag_given(beam_args, "--direct_running_mode"):
             direct.direct_running_mode = default_mode
         # DirectOptions defaults to 1 worker, so only an explicit flag may override ours.
-        if not any(arg.startswith("--direct_num_workers") for arg in beam_args):
+        if not flag_given(beam_args, "--direct_num_workers"):
             direct.direct_num_workers = default_workers or os.cpu_count() or 1
     # Our DoFns live in the installed package, so workers import them; pickling the
     # launcher's __main__ would only drag unrelated state along.
