@@ -11,15 +11,16 @@ their own end). A track of one segment is one record with offset 0, as in versio
 whose shards are still read (as offset 0, final). No record exceeds
 SEGMENT_FRAMES × n_mels × 4 bytes (25 MB at float32).
 
-Writing needs no TensorFlow: `serialize_record` encodes the Example's protobuf wire format
-itself (the schema is four message types), so the features job's workers never import
-TensorFlow (~6 CPU-s each); `parse_record` imports it when first called. The tf.data
-readers (`read_shards`, the parse spec and version check as ops) are
-musicrep.contracts.shard_dataset.
+Neither writing nor reading needs TensorFlow (~6 CPU-s to import in a worker):
+`serialize_record` encodes the Example's protobuf wire format itself (the schema is four
+message types), and `parse_record` parses it with the protobuf runtime, from the same
+messages declared here (`_example_message`). The tf.data readers (`read_shards`, the parse
+spec and version check as ops) are musicrep.contracts.shard_dataset.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import struct
 import zlib
@@ -27,6 +28,8 @@ from typing import Any, BinaryIO, Iterator
 
 import google_crc32c
 import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 from isal import igzip
 
 from musicrep.errors import ConfigError, MusicrepError, RecordError
@@ -138,6 +141,47 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+@functools.cache
+def _example_message() -> type:
+    """tf.train.Example's message class, declared from its .proto (field numbers and types
+    as _example_bytes writes them) in a pool of its own, so it never clashes with
+    TensorFlow's in one process. Its parser is the protobuf runtime's (upb), as TF's is."""
+    proto = descriptor_pb2.FileDescriptorProto(name="musicrep/tf_example.proto", package="musicrep.tf_example", syntax="proto3")
+    repeated, optional = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED, descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+    kinds = descriptor_pb2.FieldDescriptorProto
+
+    def message(name: str, *fields: tuple, map_entry: bool = False) -> descriptor_pb2.DescriptorProto:
+        declared = descriptor_pb2.DescriptorProto(name=name)
+        declared.options.map_entry = map_entry
+        for field_name, number, kind, label, type_name in fields:
+            declared.field.add(name=field_name, number=number, type=kind, label=label, type_name=type_name)
+        return declared
+
+    def of(name: str) -> str:
+        return f".musicrep.tf_example.{name}"
+
+    for name, kind in (("BytesList", kinds.TYPE_BYTES), ("FloatList", kinds.TYPE_FLOAT), ("Int64List", kinds.TYPE_INT64)):
+        proto.message_type.append(message(name, ("value", 1, kind, repeated, None)))
+    proto.message_type.append(message(
+        "Feature",
+        ("bytes_list", 1, kinds.TYPE_MESSAGE, optional, of("BytesList")),
+        ("float_list", 2, kinds.TYPE_MESSAGE, optional, of("FloatList")),
+        ("int64_list", 3, kinds.TYPE_MESSAGE, optional, of("Int64List")),
+    ))
+    features = message("Features", ("feature", 1, kinds.TYPE_MESSAGE, repeated, of("Features.FeatureEntry")))
+    features.nested_type.append(message(
+        "FeatureEntry",
+        ("key", 1, kinds.TYPE_STRING, optional, None),
+        ("value", 2, kinds.TYPE_MESSAGE, optional, of("Feature")),
+        map_entry=True,
+    ))
+    proto.message_type.append(features)
+    proto.message_type.append(message("Example", ("features", 1, kinds.TYPE_MESSAGE, optional, of("Features"))))
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("musicrep.tf_example.Example"))
+
+
 def parse_record(serialized: bytes) -> FeatureRecord:
     """Parses one serialized Example back into a FeatureRecord (no graph; for Beam DoFns).
 
@@ -145,9 +189,10 @@ def parse_record(serialized: bytes) -> FeatureRecord:
         RecordError: not a musicrep feature record, another schema version, or a log-mel
             payload that does not match its shape.
     """
-    import tensorflow as tf
-
-    feature = tf.train.Example.FromString(serialized).features.feature
+    try:
+        feature = _example_message().FromString(serialized).features.feature
+    except DecodeError as error:
+        raise RecordError(f"not a protobuf Example: {error}") from None
     found = feature["schema_version"].bytes_list.value[0].decode() if "schema_version" in feature else None
     if found not in READABLE_VERSIONS:
         raise RecordError(_version_message(found))

@@ -11,7 +11,8 @@ Both engines read the same export (`model.keras` + `model.json`):
 - `openvino`: the export converted once per machine to OpenVINO IR (kernels standardised
   at conversion, see `WSConv2D.fold_standardisation`), cached in the temporary directory
   under the model_id and the OpenVINO version, compiled for the CPU with
-  `INFERENCE_PRECISION_HINT` f32 or bf16.
+  `INFERENCE_PRECISION_HINT` f32 or bf16 (the compiled model cached beside the IR,
+  without its weights, so a worker's next start skips most of the compilation).
 
 bf16 needs bfloat16 units: on a CPU, the `amx_bf16` or `avx512_bf16` flag (Intel Xeon 4th
 generation and later; AMD Zen 4 and later have avx512_bf16); with the `tf` engine, a GPU
@@ -23,6 +24,7 @@ engine a worker runs, on the worker's own hardware (see its docstring for the ru
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -42,6 +44,7 @@ AUTO_ENGINE = "auto"
 ENGINE_CHOICES = (AUTO_ENGINE, *ENGINES)  # what the jobs' --engine takes
 PRECISIONS = ("fp32", "bf16")
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+AVX512_FLAG = "avx512f"  # where auto's fp32 pick changes (resolve_engine)
 # Bumped when the conversion changes, so machines do not reuse IR made the old way.
 CONVERSION_VERSION = 1
 
@@ -89,8 +92,16 @@ def check_precision(precision: str, *, engine: str, gpu: bool = False, has_bf16:
         )
 
 
+def nvidia_devices() -> list[str]:
+    """NVIDIA device nodes of this machine, found without starting TensorFlow."""
+    return sorted(glob.glob("/dev/nvidia[0-9]*"))
+
+
 def gpu_present() -> bool:
-    """True where TensorFlow sees a GPU (imports TensorFlow)."""
+    """True where TensorFlow sees a GPU. Imports TensorFlow only on a machine with NVIDIA
+    device nodes: TensorFlow's GPUs are CUDA devices, and the import costs seconds."""
+    if not nvidia_devices():
+        return False
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
@@ -112,11 +123,13 @@ def resolve_engine(
 ) -> str:
     """The engine a worker runs for the jobs' --engine (a name or "auto"), on its hardware.
 
-    The rule for "auto" (measured on a 2-core avx512_bf16 CPU, issue 20: tf fp32 15.1
-    windows/s, OpenVINO bf16 31.3; whole job tf fp32 5.99 audio-s per CPU-s, OpenVINO fp32
-    5.41, OpenVINO bf16 9.78):
+    The rule for "auto" (measured on 2 cores, issue 20. AMD Zen 4, avx512_bf16: tf fp32
+    15.1 windows/s, OpenVINO bf16 31.3; whole job tf fp32 5.99 audio-s per CPU-s, OpenVINO
+    fp32 5.41, OpenVINO bf16 9.78. AMD Zen 3, AVX2 only: the embed job ran at 6.15
+    windows/s with tf fp32, 9.61 with OpenVINO fp32):
     - the device front end (log_mel_on "device": TF ops in the graph) → tf;
-    - fp32 → tf (on a GPU, and on a CPU, where it beats OpenVINO fp32 in the job);
+    - fp32 on a GPU → tf; fp32 on a CPU with AVX-512 → tf (it beat OpenVINO fp32 in the
+      job); fp32 on a CPU without AVX-512 → openvino (1.56× tf fp32 in the job);
     - bf16 on a GPU → tf; bf16 on a CPU with bf16 units → openvino (2.07× tf fp32, where
       tf bf16 is 1.06×); bf16 elsewhere is refused (check_precision's message).
     An explicit engine is kept, but tf + bf16 on a CPU without a GPU is refused with a hint
@@ -128,11 +141,13 @@ def resolve_engine(
     """
     check_names(engine=engine, precision=precision, allow_auto=True)
     check_front_end(engine=engine, log_mel_on=log_mel_on)
-    needs_gpu_check = precision == "bf16" and (engine != "openvino")
+    needs_gpu_check = engine == AUTO_ENGINE or (precision == "bf16" and engine == "tf")
     gpu = (gpu_present() if needs_gpu_check else False) if gpu is None else gpu
-    has_bf16 = cpu_has_bf16() if flags is None else bool(BF16_CPU_FLAGS & flags)
+    flags = cpu_flags() if flags is None else flags
+    has_bf16 = bool(BF16_CPU_FLAGS & flags)
     if engine == AUTO_ENGINE:
-        engine = "openvino" if precision == "bf16" and not gpu and has_bf16 and log_mel_on != "device" else "tf"
+        fast_on_cpu = has_bf16 if precision == "bf16" else AVX512_FLAG not in flags
+        engine = "openvino" if fast_on_cpu and not gpu and log_mel_on != "device" else "tf"
     if precision == "bf16" and engine == "tf" and not gpu:
         if not has_bf16:
             check_precision(precision, engine="openvino", has_bf16=False)  # raises its message
@@ -268,11 +283,8 @@ def _openvino_embedder(uri: str, metadata: ExportMetadata, precision: str, cpu_t
 
     path = openvino_ir_path(metadata.model_id)
     core = openvino.Core()
-    if os.path.exists(path):
-        ov_model = core.read_model(path)
-    else:
-        ov_model = convert_to_openvino(uri, metadata)
-        _save_ir(ov_model, path)
+    if not os.path.exists(path):
+        _save_ir(convert_to_openvino(uri, metadata), path)
     config = {
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         "PERFORMANCE_HINT": "LATENCY",
@@ -280,10 +292,15 @@ def _openvino_embedder(uri: str, metadata: ExportMetadata, precision: str, cpu_t
         # and pinned threads stall whenever another thread takes their core (measured on a
         # busy 2-core machine: 3.4 windows/s pinned, 5.6 unpinned).
         "ENABLE_CPU_PINNING": False,
+        # OpenVINO's cache of compiled models, without weights (it reads them from the
+        # IR's .bin): compiling F0 from it took 0.27 s against 1.21 s (AMD Zen 3), for a
+        # ~1 MB blob per precision. It is used only when compiling from the IR's path.
+        "CACHE_DIR": os.path.join(os.path.dirname(path), "compiled"),
+        "CACHE_MODE": "OPTIMIZE_SIZE",
     }
     if cpu_threads:
         config["INFERENCE_NUM_THREADS"] = cpu_threads
-    compiled = core.compile_model(ov_model, "CPU", config)
+    compiled = core.compile_model(path, "CPU", config)
     request = compiled.create_infer_request()
     logger.info("OpenVINO %s model from %s on %s", precision, uri, core.get_property("CPU", "FULL_DEVICE_NAME"))
 

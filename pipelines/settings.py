@@ -20,7 +20,9 @@ from musicrep.contracts.sidecar import ExportMetadata, read_metadata
 from musicrep.contracts.tracks import is_manifest
 from musicrep.errors import ConfigError
 from musicrep.contracts.window_spec import AGGREGATES, LOG_MEL_ON, WindowSpec
-from musicrep.model.engines import AUTO_ENGINE, ENGINE_CHOICES, PRECISIONS, check_front_end, check_names, resolve_engine
+from musicrep.model.engines import (
+    AUTO_ENGINE, ENGINE_CHOICES, PRECISIONS, check_front_end, check_names, nvidia_devices, resolve_engine,
+)
 from musicrep.store.options import storage_options
 
 SHARD_DTYPES = ("float16", "float32")
@@ -167,7 +169,8 @@ class ModelSettings:
             choices=ENGINE_CHOICES,
             default=spec.engine,
             help=f"inference engine (default {spec.engine}: picked for the workers' hardware, OpenVINO for bf16 on "
-            "a CPU with bf16 units, tf otherwise; the engine that ran is recorded in every row)",
+            "a CPU with bf16 units and for fp32 on a CPU without AVX-512, tf otherwise; the engine that ran is "
+            "recorded in every row)",
         )
         parser.add_argument(
             "--precision",
@@ -220,7 +223,7 @@ class ModelSettings:
         spec = dataclasses.replace(self.inference, cpu_threads=threads_per_worker(options))
         if not workers_are_local(options):
             return spec
-        engine = resolve_engine(spec.engine, spec.precision, log_mel_on=self.windows.log_mel_on, gpu=bool(local_gpus()))
+        engine = resolve_engine(spec.engine, spec.precision, log_mel_on=self.windows.log_mel_on, gpu=bool(nvidia_devices()))
         return dataclasses.replace(spec, engine=engine, hardware_checked=True)
 
     def record(self) -> dict[str, Any]:
@@ -344,11 +347,6 @@ def check_source(source: str) -> None:
     found = local_glob.glob(source, recursive=True) if fileio.is_local(source) else fileio.glob(source)
     if not found:
         raise ConfigError(f"no files match {source!r}")
-
-
-def local_gpus() -> list[str]:
-    """NVIDIA devices of this machine, found without starting TensorFlow."""
-    return sorted(local_glob.glob("/dev/nvidia[0-9]*"))
 
 
 def check_time_budget(budget_s: float | None) -> None:

@@ -102,10 +102,38 @@ def test_the_hand_encoded_example_is_the_one_tensorflow_builds(rng):
     assert len(serialized) == len(expected.SerializeToString())
 
 
-def test_writing_shards_does_not_import_tensorflow():
+def test_writing_and_reading_shards_do_not_import_tensorflow():
+    # The features job's workers, and the embed job's with OpenVINO, never load TensorFlow.
     import subprocess
     import sys
 
-    code = "import sys, musicrep.pipelines.features; print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'librosa')))"
+    code = (
+        "import sys, numpy as np, musicrep.pipelines.features, musicrep.pipelines.embed\n"
+        "from musicrep.contracts.shards import FeatureRecord, parse_record, serialize_record\n"
+        "record = FeatureRecord(track_id='t', uri='u', content_sha256='0' * 64, sample_rate=16000, duration_s=2.5,\n"
+        "    log_mel=np.ones((7, 96), np.float32), feature_config='{}', feature_version='v', frame_offset=5, final=False)\n"
+        "again = parse_record(serialize_record(record))\n"
+        "print(again.track_id, again.n_frames, again.frame_offset, again.final, again.duration_s)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'librosa')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert out.splitlines() == ["t 7 5 False 2.5", "[]"]
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xff\xff", b"\x0a\x05abc"])
+def test_bytes_that_are_no_protobuf_are_a_record_error(garbage):
+    with pytest.raises(RecordError, match="not a protobuf Example"):
+        parse_record(garbage)
+
+
+def test_the_reader_parses_what_tensorflow_serializes(rng):
+    # parse_record declares the Example messages itself: a record TensorFlow encoded,
+    # with the fields in another order, reads back field for field.
+    record = dataclasses.replace(_record(rng), track_id="naïve/ü", frame_offset=3 << 40, final=False)
+    example = tf.train.Example.FromString(serialize_record(record, dtype="float32"))
+    reordered = tf.train.Example()
+    for key in sorted(example.features.feature, reverse=True):
+        reordered.features.feature[key].CopyFrom(example.features.feature[key])
+    again = parse_record(reordered.SerializeToString())
+    assert again == dataclasses.replace(record, log_mel=again.log_mel)
+    np.testing.assert_array_equal(again.log_mel, record.log_mel)

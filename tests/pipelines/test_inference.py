@@ -130,15 +130,16 @@ def test_job_refuses_bf16_without_bf16_units(audio, tiny_model_uri, tmp_path, mo
 
 
 @pytest.mark.parametrize("flags, precision, expected", [
-    (frozenset({"avx512_bf16"}), "bf16", "openvino"),
-    (frozenset({"avx512_bf16"}), "fp32", "tf"),
+    (frozenset({"avx512f", "avx512_bf16"}), "bf16", "openvino"),
+    (frozenset({"avx512f", "avx512_bf16"}), "fp32", "tf"),
+    (frozenset({"avx2"}), "fp32", "openvino"),
 ])
 def test_rows_record_the_engine_auto_picked(audio, tiny_model_uri, tmp_path, monkeypatch, flags, precision, expected):
     """--engine is auto by default; the rows name the engine the worker ran, not "auto"."""
     import tensorflow as tf
 
     if tf.config.list_physical_devices("GPU"):
-        pytest.skip("a GPU makes auto pick tf for bf16")
+        pytest.skip("a GPU makes auto pick tf")
     monkeypatch.setattr(engines, "cpu_flags", lambda: flags)
     out = str(tmp_path / "out")
     embed_job.run(["--audio", f"{audio}/*.wav", "--model", tiny_model_uri, "--output", out,
