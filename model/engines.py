@@ -143,8 +143,8 @@ def resolve_engine(
     check_front_end(engine=engine, log_mel_on=log_mel_on)
     needs_gpu_check = engine == AUTO_ENGINE or (precision == "bf16" and engine == "tf")
     gpu = (gpu_present() if needs_gpu_check else False) if gpu is None else gpu
+    has_bf16 = cpu_has_bf16() if flags is None else bool(BF16_CPU_FLAGS & flags)
     flags = cpu_flags() if flags is None else flags
-    has_bf16 = bool(BF16_CPU_FLAGS & flags)
     if engine == AUTO_ENGINE:
         fast_on_cpu = has_bf16 if precision == "bf16" else AVX512_FLAG not in flags
         engine = "openvino" if fast_on_cpu and not gpu and log_mel_on != "device" else "tf"

@@ -235,7 +235,8 @@ def test_per_window_rows_and_bad_records_are_dead_letters(shards, tiny_model_uri
     tracks = read_embeddings(out)
     assert sorted(tracks.index) == sorted(DURATIONS_S)
     failures = sorted((e["track_id"], e["stage"], e["error_type"]) for e in read_errors(out))
-    assert failures == [("", "parse", "DecodeError"), ("blip", "too_short", "TooShortError"), ("wide", "windows", "RecordError")]
+    assert failures == [("", "parse", "RecordError"), ("blip", "too_short", "TooShortError"), ("wide", "windows", "RecordError")]
+    assert [e["message"] for e in read_errors(out) if e["stage"] == "parse"][0].startswith("not a protobuf Example")
     (path,) = glob.glob(f"{out}/windows-*-of-*.parquet")
     windows = pq.read_table(path)
     size = musicrep.model.read_metadata(tiny_model_uri).embedding_size
