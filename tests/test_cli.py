@@ -81,13 +81,15 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 
 
 def _embed_job(tmp_path, *flags: str) -> subprocess.CompletedProcess:
-    # embed --audio: its worker loads TensorFlow (the features job no longer does).
+    # embed --audio --engine tf: its worker loads TensorFlow (the features job no longer
+    # does, and --engine auto runs OpenVINO without TensorFlow on CPUs without AVX-512).
     _write_wav(tmp_path / "a.wav")
     assert cli.main(["model", "init", "--config", "tiny", "--seed", "0", "--output", str(tmp_path / "model")]) == 0
     env = {key: value for key, value in os.environ.items()
            if key not in ("TF_CPP_MIN_LOG_LEVEL", "MUSICREP_VERBOSE")}
     command = [sys.executable, "-m", "musicrep.cli", *flags, "embed", "--audio", str(tmp_path / "*.wav"),
-               "--model", str(tmp_path / "model"), "--output", str(tmp_path / "out"), "--direct_num_workers", "1"]
+               "--model", str(tmp_path / "model"), "--engine", "tf", "--output", str(tmp_path / "out"),
+               "--direct_num_workers", "1"]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
 
 
