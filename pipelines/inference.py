@@ -10,7 +10,9 @@ no per-window tensor is ever shuffled between workers.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
+import operator
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -49,17 +51,25 @@ def iterate_batches(
     """Yields (window length, windows [b, n_mels, w], [(track index, window index)]).
 
     Windows of several tracks share a batch; tracks with another window length (tracks
-    shorter than one window) are batched among themselves. Each track's windows are cut
-    once, in one array per length; batches are views of it.
+    shorter than one window) are batched among themselves. Each batch is cut straight into
+    its own array, so a window is copied once and a call never holds all its windows cut.
     """
     by_length: dict[int, list[int]] = {}
     for index, track in enumerate(tracks):
         by_length.setdefault(track.window_frames, []).append(index)
     for length, indices in by_length.items():
         owners = [(i, j) for i in indices for j in range(len(tracks[i].starts))]
-        windows = np.concatenate([cut_windows(tracks[i].log_mel, tracks[i].starts, length) for i in indices])
+        n_mels = tracks[indices[0]].log_mel.shape[1]
         for begin in range(0, len(owners), batch_size):
-            yield length, windows[begin : begin + batch_size], owners[begin : begin + batch_size]
+            batch_owners = owners[begin : begin + batch_size]
+            windows = np.empty((len(batch_owners), n_mels, length), np.float32)
+            filled = 0
+            for i, run in itertools.groupby(batch_owners, key=operator.itemgetter(0)):
+                first, n = next(run)[1], 1 + sum(1 for _ in run)
+                track = tracks[i]
+                cut_windows(track.log_mel, track.starts[first : first + n], length, out=windows[filled : filled + n])
+                filled += n
+            yield length, windows, batch_owners
 
 
 def n_windows_of(chunk: TrackWindows) -> int:
@@ -129,6 +139,10 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
         # call of one short track's chunk pads a model batch for every few windows.
         return {"min_batch_size": self._max_windows, "max_batch_size": self._max_windows,
                 "element_size_fn": n_windows_of}
+
+    def get_num_bytes(self, batch: Sequence[TrackWindows]) -> int:
+        # Beam's default pickles the whole batch only to measure it (~60 MB a call).
+        return sum(chunk.log_mel.nbytes + chunk.starts.nbytes for chunk in batch)
 
     def share_model_across_processes(self) -> bool:
         return self._spec.large_model

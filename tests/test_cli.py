@@ -106,3 +106,26 @@ def test_verbose_keeps_them(tmp_path):
     done = _embed_job(tmp_path, "--verbose")
     assert done.returncode == 0, done.stderr
     assert re.search(r"^[IWE]\d{4} ", done.stderr, re.MULTILINE), done.stderr
+
+
+def test_the_script_freezes_its_imports_and_main_called_in_process_does_not():
+    """`musicrep` (cli.console) freezes what its command imported, so the collector skips
+    it during the job and at exit; main() called from a longer-lived process does not."""
+    import gc
+
+    script = (
+        "import gc, sys\n"
+        "from musicrep import cli\n"
+        "sys.argv = ['musicrep', 'synth-catalog', '--help']\n"
+        "try:\n"
+        "    cli.console()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(gc.get_freeze_count())\n"
+    )
+    frozen = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert int(frozen.stdout.strip().splitlines()[-1]) > 10_000
+    before = gc.get_freeze_count()
+    with pytest.raises(SystemExit):
+        cli.main(["synth-catalog", "--help"])
+    assert gc.get_freeze_count() == before

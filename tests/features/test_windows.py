@@ -52,6 +52,10 @@ def test_cut_windows_is_frequency_first_slicing(rng):
     assert windows.shape == (3, 96, 300) and windows.dtype == np.float32
     for window, start in zip(windows, starts):
         np.testing.assert_array_equal(window, log_mel[start : start + 300].T)
+    # float16 shards are widened; `out` is filled in place.
+    out = np.full((3, 96, 300), np.nan, np.float32)
+    assert cut_windows(log_mel.astype(np.float16), starts, 300, out=out) is out
+    np.testing.assert_array_equal(out, windows.astype(np.float16).astype(np.float32))
 
 
 @pytest.mark.parametrize(

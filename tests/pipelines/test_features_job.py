@@ -1,7 +1,9 @@
 """The features job end to end on the embedded runner, and its transforms on their own."""
 from __future__ import annotations
 
+import collections
 import glob
+import io
 import hashlib
 import json
 import os
@@ -352,3 +354,35 @@ def test_shards_at_any_gzip_level_read_back_the_same_records(level, tmp_path):
 def test_launcher_refuses_a_gzip_level_outside_0_to_9(good_catalog, tmp_path):
     with pytest.raises(ConfigError, match="--gzip-level must be 0 .* to 9, got 10"):
         job.run(["--input", f"{good_catalog}/*", "--output", str(tmp_path / "out"), "--gzip-level", "10"])
+
+
+def test_a_flipped_byte_anywhere_in_a_shard_is_a_damaged_shard_error(tmp_path):
+    """ISA-L's inflate raises its own error for bad deflate data (a distance too far back,
+    an invalid symbol), gzip's for a bad CRC or length: each is a DamagedShardError after
+    the records before the damage, never an unhandled exception."""
+    from musicrep.contracts.shards import DamagedShardError, iterate_shard_records
+
+    rng = np.random.default_rng(0)
+    records = [rng.bytes(1000) + b"z" * 5000 for _ in range(50)]
+    sink = job.GzipTFRecordSink(str(tmp_path / "features"), gzip_level=6)
+    path = tmp_path / "shard.tfrecord.gz"
+    handle = sink.open(str(path))
+    for record in records:
+        sink.write_encoded_record(handle, record)
+    sink.close(handle)
+    data = path.read_bytes()
+    reasons = collections.Counter()
+    for position in range(10, len(data) - 8, 97):
+        damaged = bytearray(data)
+        damaged[position] ^= 0x55
+        read = []
+        try:
+            read.extend(iterate_shard_records(io.BytesIO(bytes(damaged))))
+            # Some flips change nothing inflated (header fields, a block's unused bits).
+            assert read == records
+            reasons["unchanged"] += 1
+        except DamagedShardError as error:
+            assert read == records[: len(read)]
+            reasons[str(error).split("then: ")[1].split(":")[0]] += 1
+    assert {"record data checksum mismatch", "IsalError", "BadGzipFile"} <= set(reasons), reasons
+    assert reasons["unchanged"] < sum(reasons.values()) / 20, reasons

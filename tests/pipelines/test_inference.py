@@ -58,7 +58,7 @@ def test_model_calls_are_bounded_in_windows_not_chunks(rng):
         assert_that(calls, check)
 
 
-def test_batches_are_views_of_each_tracks_windows_cut_once(rng):
+def test_batches_are_cut_straight_into_their_own_arrays(rng):
     tracks = [track(rng, "x", 700, [50, 250, 400], 300), track(rng, "y", 400, [50, 100], 300)]
     batches = list(iterate_batches(tracks, batch_size=2))
     assert [owners for _, _, owners in batches] == [[(0, 0), (0, 1)], [(0, 2), (1, 0)], [(1, 1)]]
@@ -66,9 +66,15 @@ def test_batches_are_views_of_each_tracks_windows_cut_once(rng):
         for window, (i, j) in zip(windows, owners):
             start = tracks[i].starts[j]
             np.testing.assert_array_equal(window, tracks[i].log_mel[start : start + 300].T)
-    # One array per window length; the batches share its memory (no copy per window or batch).
-    bases = {id(windows.base) for _, windows, _ in batches}
-    assert len(bases) == 1 and batches[0][1].base is not None
+    # Each batch owns a contiguous float32 array the model reads without another copy.
+    for _, windows, _ in batches:
+        assert windows.base is None and windows.flags["C_CONTIGUOUS"] and windows.dtype == np.float32
+
+
+def test_batch_size_is_counted_from_the_arrays_not_a_pickle(rng):
+    chunks = [track(rng, "x", 700, [50, 250, 400], 300), track(rng, "y", 400, [50, 100], 300)]
+    expected = sum(c.log_mel.nbytes + c.starts.nbytes for c in chunks)
+    assert EmbeddingModelHandler("unused").get_num_bytes(chunks) == expected == 700 * 96 * 4 + 400 * 96 * 4 + 5 * 8
 
 
 def test_engines_give_the_same_window_embeddings(tiny_model_uri, rng):
