@@ -1,9 +1,9 @@
 """Embed job throughput against bare model forwards, printed as one JSON object.
 
     python benchmarks/embed.py [--config F0|tiny] [--tracks 34] [--duration-s 120] [--batch-size 32]
-                               [--engine auto|tf|openvino] [--precision fp32|bf16]
+                               [--engine auto|tf|openvino] [--precision fp32|bf16] [--repeats 3]
 
-Same run, same windows, same batch size, same engine and precision: (1) a bare loop of
+Same run, same windows, same batch size, same engine and precision, `--repeats` pairs of: (1) a bare loop of
 model forwards over every track's windows in this process (the model loaded and traced
 beforehand); (2) the embed job over the feature shards, `musicrep embed` in a fresh
 process on the embedded runner's default (one worker, in that process; extra arguments go
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--engine", default="auto")
     parser.add_argument("--precision", default="bf16" if cpu_has_bf16() else "fp32")
+    parser.add_argument("--repeats", type=int, default=3, help="bare-then-job pairs (default 3; medians reported)")
     args, beam_args = parser.parse_known_args()
     with tempfile.TemporaryDirectory(prefix="musicrep-bench-") as tmp:
         catalog, shards_dir = os.path.join(tmp, "catalog"), os.path.join(tmp, "features")
@@ -145,16 +146,30 @@ def main() -> None:
         shards = f"{shards_dir}/features-*.tfrecord.gz"
 
         spec = InferenceSpec(batch_size=args.batch_size, engine=args.engine, precision=args.precision)
-        n_windows, bare_s, bare_cpu_s, engine_used = bare_forwards(shards, model_uri, spec)
-        started = time.perf_counter()
-        with ChildPeakRss() as workers:
-            subprocess.run(
-                [sys.executable, "-m", "musicrep.cli", "embed", "--features", shards, "--model", model_uri,
-                 "--output", os.path.join(tmp, "emb"), "--batch-size", str(args.batch_size), "--engine", args.engine,
-                 "--precision", args.precision, *beam_args],
-                check=True, stdout=subprocess.DEVNULL,
-            )
-        job_s = time.perf_counter() - started
+        pairs = []
+        for repeat in range(args.repeats):
+            n_windows, bare_s, bare_cpu_s, engine_used = bare_forwards(shards, model_uri, spec)
+            started = time.perf_counter()
+            with ChildPeakRss() as workers:
+                subprocess.run(
+                    [sys.executable, "-m", "musicrep.cli", "embed", "--features", shards, "--model", model_uri,
+                     "--output", os.path.join(tmp, f"emb-{repeat}"), "--batch-size", str(args.batch_size),
+                     "--engine", args.engine, "--precision", args.precision, *beam_args],
+                    check=True, stdout=subprocess.DEVNULL,
+                )
+            job_s = time.perf_counter() - started
+            pairs.append({
+                "bare_windows_per_s": round(n_windows / bare_s, 2),
+                "job_windows_per_s": round(n_windows / job_s, 2),
+                "job_vs_bare": round(bare_s / job_s, 3),
+                "job_cpu_s": round(workers.cpu_s, 1),
+                "job_vs_bare_cpu": round(bare_cpu_s / max(workers.cpu_s, 1e-9), 3),
+                "peak_rss_job_process_mib": round(workers.peak_bytes / 2**20, 1),
+            })
+
+    def median(key: str) -> float:
+        return float(np.median([pair[key] for pair in pairs]))
+
     result = {
         "benchmark": "embed",
         "config": args.config,
@@ -167,16 +182,17 @@ def main() -> None:
         "batch_size": args.batch_size,
         "tracks": args.tracks,
         "windows": n_windows,
-        "bare_windows_per_s": round(n_windows / bare_s, 2),
-        "job_windows_per_s": round(n_windows / job_s, 2),
-        "job_vs_bare": round(bare_s / job_s, 2),
-        "job_cpu_s": round(workers.cpu_s, 1),
+        # Medians over the pairs; each pair is a bare run then the job, back to back, so a
+        # drift in the VM's speed between pairs does not enter a pair's ratio.
+        "bare_windows_per_s": median("bare_windows_per_s"),
+        "job_windows_per_s": median("job_windows_per_s"),
+        "job_vs_bare": median("job_vs_bare"),
+        "job_cpu_s": median("job_cpu_s"),
         # On a shared machine the CPU-time ratio is the steadier figure (wall time follows the load).
-        "bare_windows_per_cpu_s": round(n_windows / bare_cpu_s, 2),
-        "job_windows_per_cpu_s": round(n_windows / max(workers.cpu_s, 1e-9), 2),
-        "job_vs_bare_cpu": round(bare_cpu_s / max(workers.cpu_s, 1e-9), 2),
+        "job_vs_bare_cpu": median("job_vs_bare_cpu"),
         "target_job_vs_bare": 0.9,
-        "peak_rss_job_process_mib": round(workers.peak_bytes / 2**20, 1),
+        "peak_rss_job_process_mib": max(pair["peak_rss_job_process_mib"] for pair in pairs),
+        "pairs": pairs,
         "peak_rss_launcher_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     print(json.dumps(result, indent=2))
