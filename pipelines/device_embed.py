@@ -44,6 +44,11 @@ class AudioTrackWindows:
     window_frames: int
     first_frame: int = 0
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays (RunInference's batch-size metric)."""
+        return self.audio.nbytes + self.offsets.nbytes + self.positions.nbytes + self.starts.nbytes
+
 
 class _AudioTrack:
     """One track's AudioTrackWindower and the fields of its elements."""

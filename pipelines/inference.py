@@ -44,6 +44,11 @@ class TrackWindows:
     window_frames: int
     first_frame: int = 0
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays (RunInference's batch-size metric)."""
+        return self.log_mel.nbytes + self.starts.nbytes
+
 
 def iterate_batches(
     tracks: Sequence[TrackWindows], batch_size: int
@@ -142,7 +147,7 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
 
     def get_num_bytes(self, batch: Sequence[TrackWindows]) -> int:
         # Beam's default pickles the whole batch only to measure it (~60 MB a call).
-        return sum(chunk.log_mel.nbytes + chunk.starts.nbytes for chunk in batch)
+        return sum(chunk.nbytes for chunk in batch)
 
     def share_model_across_processes(self) -> bool:
         return self._spec.large_model

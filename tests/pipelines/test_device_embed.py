@@ -75,3 +75,11 @@ def test_reembed_records_the_device_front_end_and_recomputes_on_a_switch(tiny_mo
     assert list(rows.index) == ["mono", "short"]
     assert all(json.loads(spec)["log_mel_on"] == "device" for spec in rows["window_spec"])
     assert DeltaTable(store).version() == 2
+
+
+def test_batch_size_of_audio_windows_is_counted_from_their_arrays():
+    from musicrep.pipelines.device_embed import AudioTrackWindows, DeviceFrontEndHandler
+
+    chunk = AudioTrackWindows("t", "t.flac", "", "", np.zeros(48000, np.float32), np.array([0, 16000]),
+                              np.zeros((2, 300), np.int64), np.array([0, 200]), 300)
+    assert DeviceFrontEndHandler("unused").get_num_bytes([chunk, chunk]) == 2 * (48000 * 4 + 2 * 8 + 2 * 300 * 8 + 2 * 8)
