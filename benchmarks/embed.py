@@ -168,7 +168,7 @@ def main() -> None:
             })
 
     def median(key: str) -> float:
-        return float(np.median([pair[key] for pair in pairs]))
+        return round(float(np.median([pair[key] for pair in pairs])), 3)
 
     result = {
         "benchmark": "embed",
