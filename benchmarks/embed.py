@@ -3,12 +3,12 @@
     python benchmarks/embed.py [--config F0|tiny] [--tracks 34] [--duration-s 120] [--batch-size 32]
                                [--engine auto|tf|openvino] [--precision fp32|bf16] [--repeats 3]
 
-Same run, same windows, same batch size, same engine and precision, `--repeats` pairs of: (1) a bare loop of
-model forwards over every track's windows in this process (the model loaded and traced
-beforehand); (2) the embed job over the feature shards, `musicrep embed` in a fresh
-process on the embedded runner's default (one worker, in that process; extra arguments go
-to it, e.g. `--direct_num_workers 1` for a worker process), its imports and model load
-included. The defaults give 34 × 60 = 2,040 windows. Target: job windows/s ≥ 0.9 × bare
+Same run, same windows, same batch size, same engine and precision, `--repeats` pairs of:
+(1) a bare loop of model forwards over every track's windows in this process (the model
+loaded and traced beforehand); (2) the embed job over the feature shards, `musicrep
+embed` in a fresh process on the embedded runner's default (one worker, in that process;
+extra arguments go to it, e.g. `--direct_num_workers 1` for a worker process), its imports
+and model load included. The defaults give 34 × 60 = 2,040 windows. Target: job windows/s ≥ 0.9 × bare
 windows/s. The defaults are the jobs':
 engine auto, and bf16 where the CPU has bf16 units (fp32 elsewhere); `engine_used` is the
 engine auto picked (both runs resolve it alike). The job's time includes

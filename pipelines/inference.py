@@ -69,11 +69,12 @@ def iterate_batches(
             batch_owners = owners[begin : begin + batch_size]
             windows = np.empty((len(batch_owners), n_mels, length), np.float32)
             filled = 0
+            # A batch holds consecutive windows of one or more tracks: one cut per track.
             for i, run in itertools.groupby(batch_owners, key=operator.itemgetter(0)):
-                first, n = next(run)[1], 1 + sum(1 for _ in run)
-                track = tracks[i]
-                cut_windows(track.log_mel, track.starts[first : first + n], length, out=windows[filled : filled + n])
-                filled += n
+                indices_in_track = [j for _, j in run]
+                starts = tracks[i].starts[indices_in_track[0] : indices_in_track[-1] + 1]
+                cut_windows(tracks[i].log_mel, starts, length, out=windows[filled : filled + len(starts)])
+                filled += len(starts)
             yield length, windows, batch_owners
 
 

@@ -73,8 +73,7 @@ def test_batches_are_cut_straight_into_their_own_arrays(rng):
 
 def test_batch_size_is_counted_from_the_arrays_not_a_pickle(rng):
     chunks = [track(rng, "x", 700, [50, 250, 400], 300), track(rng, "y", 400, [50, 100], 300)]
-    expected = sum(c.log_mel.nbytes + c.starts.nbytes for c in chunks)
-    assert EmbeddingModelHandler("unused").get_num_bytes(chunks) == expected == 700 * 96 * 4 + 400 * 96 * 4 + 5 * 8
+    assert EmbeddingModelHandler("unused").get_num_bytes(chunks) == 700 * 96 * 4 + 400 * 96 * 4 + 5 * 8
 
 
 def test_engines_give_the_same_window_embeddings(tiny_model_uri, rng):
