@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import glob as local_glob
 import json
 import logging
@@ -27,7 +28,7 @@ import os
 import secrets
 import sys
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -38,7 +39,7 @@ from musicrep.contracts.layout import STAGING_DIR
 from musicrep.errors import MusicrepError
 from musicrep.manifest import MANIFEST_NAME, MANIFEST_VERSION, committed_files
 from musicrep.pipelines import harness
-from musicrep.pipelines.outputs import WriteSideFile, read_side_total
+from musicrep.pipelines.outputs import WriteTotals, read_side_total
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +77,15 @@ def start_run(output_dir: str) -> StagedRun:
     return StagedRun(output_dir=output_dir.rstrip("/"), run_id=f"{stamp}-{secrets.token_hex(3)}")
 
 
-def write_total(staging_dir: str, name: str, value: Callable[[Any], int] | None = None) -> WriteSideFile:
-    """Counts a PCollection's elements (or sums `value(element)`) into
-    STAGING/_total-NAME.txt: a total computed from the data itself, so the commit's
-    counts do not depend on how a runner reports metrics."""
-    return WriteSideFile.total(fileio.join(staging_dir, f"{TOTALS_PREFIX}-{name}.txt"), value)
+def write_totals(staging_dir: str, values: Mapping[str, Callable[[Any], int]] | None = None) -> WriteTotals:
+    """{name: PCollection} → STAGING/_total-NAME.txt each: the PCollection's elements
+    counted (or `values[name](element)` summed), totals computed from the data itself, so
+    the commit's counts do not depend on how a runner reports metrics."""
+    return WriteTotals(functools.partial(_total_path, staging_dir), values)
+
+
+def _total_path(staging_dir: str, name: str) -> str:
+    return fileio.join(staging_dir, f"{TOTALS_PREFIX}-{name}.txt")
 
 
 def run_to_success(pipeline: beam.Pipeline) -> PipelineResult:

@@ -110,26 +110,26 @@ def build_pipeline(pipeline: beam.Pipeline, settings: EmbedSettings, *, output_d
         per_window=per_window,
     )
     rows = embedded["rows"]
+    counted = {WINDOWS_EMBEDDED: rows}
     if existing_rows is not None:
         carried = (
             {"skipped": skipped, "existing": existing_rows}
             | "JoinSkipped" >> beam.CoGroupByKey()
             | "CarryExistingRows" >> beam.FlatMap(_carried_row)
         )
-        _ = carried | "CountCarried" >> commit.write_total(output_dir, CARRIED)
+        counted[CARRIED] = carried
         rows = (rows, carried) | "AllRows" >> beam.Flatten()
 
     size = metadata.embedding_size
     errors = (input_errors, embedded["errors"]) | "AllErrors" >> beam.Flatten()
     _ = rows | "WriteEmbeddings" >> _write_parquet(output_dir, schema.EMBEDDINGS_PREFIX, schema.embedding_schema(size), num_shards)
     _ = errors | "WriteErrors" >> WriteDeadLetters(output_dir)
-    _ = rows | "CountRows" >> commit.write_total(output_dir, schema.EMBEDDINGS_PREFIX)
-    _ = errors | "CountErrors" >> commit.write_total(output_dir, ERRORS_PREFIX)
-    _ = embedded["rows"] | "CountWindows" >> commit.write_total(output_dir, WINDOWS_EMBEDDED, _n_windows)
+    counted.update({schema.EMBEDDINGS_PREFIX: rows, ERRORS_PREFIX: errors})
     if per_window:
         windows = embedded["windows"]
         _ = windows | "WriteWindows" >> _write_parquet(output_dir, schema.WINDOWS_PREFIX, schema.window_schema(size), 0)
-        _ = windows | "CountWindowRows" >> commit.write_total(output_dir, schema.WINDOWS_PREFIX)
+        counted[schema.WINDOWS_PREFIX] = windows
+    _ = counted | "CountOutputs" >> commit.write_totals(output_dir, {WINDOWS_EMBEDDED: _n_windows})
 
 
 def _n_windows(row: dict) -> int:

@@ -349,8 +349,8 @@ def build_pipeline(
     )
     _ = results["errors"] | "WriteErrors" >> WriteDeadLetters(output_dir)
     # Tracks, not records: a long track is several segments, the last one final.
-    _ = results["features"] | "CountShardTracks" >> commit.write_total(output_dir, SHARD_PREFIX, _final)
-    _ = results["errors"] | "CountErrors" >> commit.write_total(output_dir, ERRORS_PREFIX)
+    counted = {SHARD_PREFIX: results["features"], ERRORS_PREFIX: results["errors"]}
+    _ = counted | "CountOutputs" >> commit.write_totals(output_dir, {SHARD_PREFIX: _final})
 
 
 class GzipTFRecordSink(FileBasedSink):

@@ -4,7 +4,7 @@ previous run's is the launcher's commit: musicrep.pipelines.commit)."""
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -45,71 +45,107 @@ class WriteDeadLetters(beam.PTransform):
         )
 
 
-class WriteSideFile(beam.PTransform):
-    """A PCollection → one small file at `path`, written whole by one worker.
+class WriteSortedLines(beam.PTransform):
+    """A PCollection of strings → one file at `path` of the sorted lines, written whole by
+    one worker.
 
-    The only way a job hands the launcher what it computed from the data (runners differ
-    in how, and whether, they report metrics). `total`: the sum of `value(element)` (1 each
-    by default) as one integer, 0 for none; `lines`: the elements (strings) as sorted
-    lines. No rename on finalisation, unlike Beam's text sink: GCS emulators lack the
-    batch API Beam renames with, and a retried write only writes the same file again.
+    With WriteTotals, the way a job hands the launcher what it computed from the data
+    (runners differ in how, and whether, they report metrics). No rename on finalisation,
+    unlike Beam's text sink: GCS emulators lack the batch API Beam renames with, and a
+    retried write only writes the same file again.
     """
 
-    def __init__(self, path: str, *, combine: beam.CombineFn, format: Callable[[Any], str]):
+    def __init__(self, path: str):
         super().__init__()
-        self._path, self._combine, self._format = path, combine, format
+        self._path = path
 
-    @classmethod
-    def total(cls, path: str, value: Callable[[Any], int] | None = None) -> "WriteSideFile":
-        return cls(path, combine=_SumOf(value or _one), format=str)
-
-    @classmethod
-    def lines(cls, path: str) -> "WriteSideFile":
-        return cls(path, combine=beam.combiners.ToListCombineFn(), format=_sorted_lines)
-
-    def expand(self, elements):
+    def expand(self, lines):
         return (
-            elements
-            | "Combine" >> beam.CombineGlobally(self._combine)
-            | "Write" >> beam.Map(_write_side_file, self._path, self._format)
+            lines
+            | "Combine" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
+            | "Write" >> beam.Map(_write_lines, self._path)
         )
 
 
-class _SumOf(beam.CombineFn):
-    def __init__(self, value: Callable[[Any], int]):
-        self._value = value
+class WriteTotals(beam.PTransform):
+    """{name: PCollection} → one file per name holding one integer: the sum of
+    `values[name](element)` over that PCollection (1 each by default), 0 for none.
 
-    def create_accumulator(self) -> int:
-        return 0
+    Every total of a job goes through one combine: each CombineGlobally is a few more
+    stages for the runner to build and run (~0.1 s each on the embedded runner).
+    `path_of(name)` names each file; they are written whole by one worker, as in
+    WriteSortedLines.
+    """
 
-    def add_input(self, total: int, element) -> int:
-        return total + self._value(element)
+    def __init__(self, path_of: Callable[[str], str], values: Mapping[str, Callable[[Any], int]] | None = None):
+        super().__init__()
+        self._path_of, self._values = path_of, dict(values or {})
 
-    def merge_accumulators(self, totals) -> int:
-        return sum(totals)
+    def expand(self, named: dict):
+        paths = {name: self._path_of(name) for name in named}
+        tagged = [
+            pcoll | f"Tag{name}" >> beam.Map(_tagged_value, name, self._values.get(name, _one))
+            for name, pcoll in named.items()
+        ]
+        return (
+            tagged
+            | "Flatten" >> beam.Flatten()
+            | "Sum" >> beam.CombineGlobally(_SumsByName(tuple(named)))
+            | "Write" >> beam.FlatMap(_write_totals, paths)
+        )
 
-    def extract_output(self, total: int) -> int:
-        return total
+
+def _tagged_value(element, name: str, value: Callable[[Any], int]) -> tuple[str, int]:
+    return name, value(element)
+
+
+class _SumsByName(beam.CombineFn):
+    def __init__(self, names: tuple[str, ...]):
+        self._names = names
+
+    def create_accumulator(self) -> dict[str, int]:
+        return dict.fromkeys(self._names, 0)
+
+    def add_input(self, totals: dict[str, int], tagged: tuple[str, int]) -> dict[str, int]:
+        name, value = tagged
+        totals[name] += value
+        return totals
+
+    def merge_accumulators(self, accumulators) -> dict[str, int]:
+        merged = self.create_accumulator()
+        for totals in accumulators:
+            for name, value in totals.items():
+                merged[name] += value
+        return merged
+
+    def extract_output(self, totals: dict[str, int]) -> dict[str, int]:
+        return totals
 
 
 def _one(_) -> int:
     return 1
 
 
+def _write_totals(totals: dict[str, int], paths: dict[str, str]) -> Iterator[str]:
+    for name, path in paths.items():
+        fileio.write_text(path, str(totals[name]))
+        yield path
+
+
 def _sorted_lines(lines: list[str]) -> str:
     return "".join(f"{line}\n" for line in sorted(lines))
 
 
-def _write_side_file(combined, path: str, format: Callable[[Any], str]) -> str:
-    fileio.write_text(path, format(combined))
+def _write_lines(lines: list[str], path: str) -> str:
+    fileio.write_text(path, _sorted_lines(lines))
     return path
 
 
 def read_side_total(path: str) -> int:
-    """What WriteSideFile.total wrote (0 when the file is missing)."""
+    """What WriteTotals wrote (0 when the file is missing)."""
     return int(fileio.read_text(path).strip() or 0) if fileio.exists(path) else 0
 
 
 def read_side_lines(path: str) -> list[str]:
-    """What WriteSideFile.lines wrote ([] when the file is missing)."""
+    """What WriteSortedLines wrote ([] when the file is missing)."""
     return fileio.read_text(path).splitlines() if fileio.exists(path) else []

@@ -50,7 +50,7 @@ from musicrep.pipelines import device_embed
 from musicrep.pipelines.embed_transforms import EmbedTracks
 from musicrep.pipelines.features import ExtractLogMel
 from musicrep.pipelines.inference import EmbeddingModelHandler
-from musicrep.pipelines.outputs import WriteSideFile, read_side_lines
+from musicrep.pipelines.outputs import WriteSortedLines, read_side_lines
 from musicrep.pipelines.settings import InferenceSpec, ReembedSettings
 from musicrep.store import changes, runs, table
 from musicrep.model.engines import AUTO_ENGINE
@@ -169,10 +169,10 @@ def build_pipeline(
     _ = (
         computed["errors"]
         | "ErrorsToJson" >> beam.Map(lambda record: json.dumps(record, ensure_ascii=False, sort_keys=True))
-        | "WriteErrors" >> WriteSideFile.lines(runs.errors_path(store, run_id))
+        | "WriteErrors" >> WriteSortedLines(runs.errors_path(store, run_id))
     )
     unchanged = computed["unchanged"]
-    _ = unchanged | "WriteUnchanged" >> WriteSideFile.lines(fileio.join(staging, CONTENT_UNCHANGED))
+    _ = unchanged | "WriteUnchanged" >> WriteSortedLines(fileio.join(staging, CONTENT_UNCHANGED))
     _ = (
         pipeline
         | "ReadRewriteManifest" >> beam.io.ReadFromParquet(fileio.join(staging, REWRITE_MANIFEST))

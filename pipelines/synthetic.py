@@ -20,7 +20,7 @@ from apache_beam.metrics import Metrics
 from musicrep import fileio
 from musicrep.contracts import schema
 from musicrep.contracts.layout import METRICS_NAMESPACE
-from musicrep.pipelines.outputs import WriteSideFile
+from musicrep.pipelines.outputs import WriteTotals
 
 
 def synthetic_embedding(content_sha256: str, size: int) -> np.ndarray:
@@ -77,7 +77,8 @@ class SyntheticEmbedding(beam.PTransform):
             _HashAndEmbed(self.settings, self.embedding_size), known=beam.pvalue.AsDict(inputs["known"])
         ).with_outputs("unchanged", "bytes", main="rows")
         if self.bytes_read_path:
-            _ = done.bytes | "WriteBytesRead" >> WriteSideFile.total(self.bytes_read_path, int)
+            path = self.bytes_read_path
+            _ = {"bytes_read": done.bytes} | "WriteBytesRead" >> WriteTotals(lambda _: path, {"bytes_read": int})
         errors = inputs["tracks"].pipeline | "NoErrors" >> beam.Create([])
         return {"rows": done.rows, "errors": errors, "unchanged": done.unchanged}
 
