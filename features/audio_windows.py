@@ -281,7 +281,14 @@ class AudioTrackWindower:
             self._buffer_start += drop
 
 
-def cut_audio_windows(chunk_audio: np.ndarray, offsets: np.ndarray, input_samples: int) -> np.ndarray:
-    """[n_windows, input_samples] float32: the windows of one chunk's span (one copy)."""
-    return np.lib.stride_tricks.sliding_window_view(chunk_audio, input_samples)[offsets]
+def cut_audio_windows(
+    chunk_audio: np.ndarray, offsets: np.ndarray, input_samples: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """[n_windows, input_samples] float32: the windows of one chunk's span (one copy),
+    into `out` when given (that shape)."""
+    if out is None:
+        out = np.empty((len(offsets), input_samples), np.float32)
+    for window, offset in zip(out, offsets):
+        window[...] = chunk_audio[offset : offset + input_samples]
+    return out
 

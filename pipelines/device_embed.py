@@ -24,7 +24,7 @@ from musicrep.contracts.window_spec import WindowSpec
 from musicrep.pipelines.embed_transforms import EmbedAudioWindows, failed, track_end
 from musicrep.pipelines.features import StreamTrack, TrackInProgress
 from musicrep.contracts.sidecar import ExportMetadata, read_metadata
-from musicrep.pipelines.inference import EmbeddingModelHandler
+from musicrep.pipelines.inference import EmbeddingModelHandler, Piece, per_element, plan_batches, windows_in
 from musicrep.pipelines.settings import InferenceSpec
 
 
@@ -131,21 +131,22 @@ class DeviceFrontEndHandler(EmbeddingModelHandler):
     def run_inference(
         self, batch: Sequence[AudioTrackWindows], model: "AudioModel", inference_args: dict | None = None
     ) -> Iterable[PredictionResult]:
-        rows: list[list[np.ndarray]] = [[] for _ in batch]
-        by_length: dict[int, list[int]] = {}
-        for index, track in enumerate(batch):
-            by_length.setdefault(track.window_frames, []).append(index)
-        for length, indices in by_length.items():
+        for track, rows in zip(batch, per_element(batch, self._embedded(batch, model))):
+            yield PredictionResult(example=track, inference=rows, model_id=model.engine)
+
+    @staticmethod
+    def _embedded(batch: Sequence[AudioTrackWindows], model: "AudioModel") -> Iterator[tuple[list[Piece], np.ndarray]]:
+        # Each model batch is cut straight into its own array, as the log-mel windows are.
+        for length, pieces in plan_batches(batch, model.batch_size):
             size = model.geometry.input_samples(length)
-            owners = [i for i in indices for _ in range(len(batch[i].starts))]
-            audio = np.concatenate([cut_audio_windows(batch[i].audio, batch[i].offsets, size) for i in indices])
-            positions = np.concatenate([batch[i].positions for i in indices])
-            for begin in range(0, len(owners), model.batch_size):
-                end = begin + model.batch_size
-                for i, row in zip(owners[begin:end], model.embed(audio[begin:end], positions[begin:end], length)):
-                    rows[i].append(row)
-        for track, track_rows in zip(batch, rows):
-            yield PredictionResult(example=track, inference=np.stack(track_rows), model_id=model.engine)
+            audio = np.empty((windows_in(pieces), size), np.float32)
+            filled = 0
+            for i, part in pieces:
+                offsets = batch[i].offsets[part]
+                cut_audio_windows(batch[i].audio, offsets, size, out=audio[filled : filled + len(offsets)])
+                filled += len(offsets)
+            positions = np.concatenate([batch[i].positions[part] for i, part in pieces])
+            yield pieces, model.embed(audio, positions, length)
 
 
 @dataclasses.dataclass

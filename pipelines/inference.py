@@ -10,9 +10,7 @@ no per-window tensor is ever shuffled between workers.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
-import operator
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -50,32 +48,70 @@ class TrackWindows:
         return self.log_mel.nbytes + self.starts.nbytes
 
 
-def iterate_batches(
-    tracks: Sequence[TrackWindows], batch_size: int
-) -> Iterator[tuple[int, np.ndarray, list[tuple[int, int]]]]:
-    """Yields (window length, windows [b, n_mels, w], [(track index, window index)]).
+Piece = tuple[int, slice]  # (element index, the slice of its windows) within one model batch
 
-    Windows of several tracks share a batch; tracks with another window length (tracks
-    shorter than one window) are batched among themselves. Each batch is cut straight into
-    its own array, so a window is copied once and a call never holds all its windows cut.
+
+def plan_batches(elements: Sequence[Any], batch_size: int) -> Iterator[tuple[int, list[Piece]]]:
+    """Yields (window length, pieces) per model batch of at most `batch_size` windows.
+
+    Elements are TrackWindows or AudioTrackWindows (`starts`, `window_frames`). Windows of
+    several elements share a batch, consecutive windows of one element are one piece;
+    elements with another window length (tracks shorter than one window) are batched
+    among themselves.
     """
     by_length: dict[int, list[int]] = {}
-    for index, track in enumerate(tracks):
-        by_length.setdefault(track.window_frames, []).append(index)
+    for index, element in enumerate(elements):
+        by_length.setdefault(element.window_frames, []).append(index)
     for length, indices in by_length.items():
-        owners = [(i, j) for i in indices for j in range(len(tracks[i].starts))]
-        n_mels = tracks[indices[0]].log_mel.shape[1]
-        for begin in range(0, len(owners), batch_size):
-            batch_owners = owners[begin : begin + batch_size]
-            windows = np.empty((len(batch_owners), n_mels, length), np.float32)
-            filled = 0
-            # A batch holds consecutive windows of one or more tracks: one cut per track.
-            for i, run in itertools.groupby(batch_owners, key=operator.itemgetter(0)):
-                indices_in_track = [j for _, j in run]
-                starts = tracks[i].starts[indices_in_track[0] : indices_in_track[-1] + 1]
-                cut_windows(tracks[i].log_mel, starts, length, out=windows[filled : filled + len(starts)])
-                filled += len(starts)
-            yield length, windows, batch_owners
+        pieces, filled = [], 0
+        for i in indices:
+            n, first = len(elements[i].starts), 0
+            while first < n:
+                take = min(batch_size - filled, n - first)
+                pieces.append((i, slice(first, first + take)))
+                filled, first = filled + take, first + take
+                if filled == batch_size:
+                    yield length, pieces
+                    pieces, filled = [], 0
+        if pieces:
+            yield length, pieces
+
+
+def iterate_batches(tracks: Sequence[TrackWindows], batch_size: int) -> Iterator[tuple[int, np.ndarray, list[Piece]]]:
+    """Yields (window length, windows [b, n_mels, w], pieces) per model batch (plan_batches).
+
+    Each batch is cut straight into its own array, so a window is copied once and a call
+    never holds all its windows cut.
+    """
+    for length, pieces in plan_batches(tracks, batch_size):
+        n_mels = tracks[pieces[0][0]].log_mel.shape[1]
+        windows = np.empty((windows_in(pieces), n_mels, length), np.float32)
+        filled = 0
+        for i, part in pieces:
+            starts = tracks[i].starts[part]
+            cut_windows(tracks[i].log_mel, starts, length, out=windows[filled : filled + len(starts)])
+            filled += len(starts)
+        yield length, windows, pieces
+
+
+def per_element(elements: Sequence[Any], embedded: Iterable[tuple[list[Piece], np.ndarray]]) -> list[np.ndarray]:
+    """Each element's window embeddings [n_windows, d], in window order, from the
+    (pieces, embeddings [b, d]) of its batches."""
+    rows: list[np.ndarray | None] = [None] * len(elements)
+    for pieces, embeddings in embedded:
+        filled = 0
+        for i, part in pieces:
+            if rows[i] is None:
+                rows[i] = np.empty((len(elements[i].starts), embeddings.shape[1]), embeddings.dtype)
+            n = part.stop - part.start
+            rows[i][part] = embeddings[filled : filled + n]
+            filled += n
+    return rows
+
+
+def windows_in(pieces: list[Piece]) -> int:
+    """Windows in a model batch."""
+    return sum(part.stop - part.start for _, part in pieces)
 
 
 def n_windows_of(chunk: TrackWindows) -> int:
@@ -126,15 +162,11 @@ class EmbeddingModelHandler(ModelHandler[TrackWindows, PredictionResult, Any]):
     def run_inference(
         self, batch: Sequence[TrackWindows], model: "LoadedModel", inference_args: dict | None = None
     ) -> Iterable[PredictionResult]:
-        rows: list[list[np.ndarray]] = [[] for _ in batch]
-        for _, windows, owners in iterate_batches(batch, self._spec.batch_size):
-            # Owners come in window order within each track, so appending keeps that order.
-            for (i, _), row in zip(owners, model.embed(windows)):
-                rows[i].append(row)
-        for track, track_rows in zip(batch, rows):
+        embedded = ((pieces, model.embed(windows)) for _, windows, pieces in iterate_batches(batch, self._spec.batch_size))
+        for track, rows in zip(batch, per_element(batch, embedded)):
             # inference: per-window embeddings [n_windows, d], in window order; model_id:
             # the engine that ran (the rows record it: with "auto" only the worker knows).
-            yield PredictionResult(example=track, inference=np.stack(track_rows), model_id=model.engine)
+            yield PredictionResult(example=track, inference=rows, model_id=model.engine)
 
     def batch_elements_kwargs(self) -> dict:
         # Elements are chunks of up to 128 windows (a short track, or part of a long one):

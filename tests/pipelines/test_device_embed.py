@@ -83,3 +83,37 @@ def test_batch_size_of_audio_windows_is_counted_from_their_arrays():
     chunk = AudioTrackWindows("t", "t.flac", "", "", np.zeros(48000, np.float32), np.array([0, 16000]),
                               np.zeros((2, 300), np.int64), np.array([0, 200]), 300)
     assert DeviceFrontEndHandler("unused").get_num_bytes([chunk, chunk]) == 2 * (48000 * 4 + 2 * 8 + 2 * 300 * 8 + 2 * 8)
+
+
+def test_device_handler_batches_windows_across_tracks_and_returns_them_per_track():
+    from musicrep.features.audio_windows import geometry
+    from musicrep.contracts.feature_config import DEFAULT_FEATURE_CONFIG
+    from musicrep.pipelines.device_embed import AudioModel, AudioTrackWindows, DeviceFrontEndHandler
+
+    g, calls = geometry(DEFAULT_FEATURE_CONFIG), []
+
+    def embedder(audio, positions, window_frames):
+        # A window's "embedding": its first sample, its sum and its first position.
+        calls.append((audio.shape, window_frames))
+        return np.stack([audio[:, 0], audio.sum(axis=1), positions[:, 0]], axis=1).astype(np.float32)
+
+    rng = np.random.default_rng(3)
+
+    def chunk(track_id: str, offsets: list[int], window_frames: int) -> AudioTrackWindows:
+        size = g.input_samples(window_frames)
+        audio = rng.standard_normal(max(offsets) + size).astype(np.float32)
+        positions = rng.integers(0, 1000, (len(offsets), window_frames))
+        return AudioTrackWindows(track_id, track_id, "", "", audio, np.array(offsets), positions,
+                                 np.arange(len(offsets)) * 200, window_frames)
+
+    batch = [chunk("x", [0, 700, 1400], 300), chunk("short", [0], 120), chunk("y", [5, 900], 300)]
+    model = AudioModel(embedder=embedder, batch_size=4, geometry=g)
+    results = list(DeviceFrontEndHandler("unused").run_inference(batch, model))
+    # Windows of x and y share batches of 4 (the last padded), the short track its own.
+    assert calls == [((4, g.input_samples(300)), 300), ((4, g.input_samples(300)), 300), ((4, g.input_samples(120)), 120)]
+    for element, result in zip(batch, results):
+        size = g.input_samples(element.window_frames)
+        windows = np.stack([element.audio[o : o + size] for o in element.offsets])
+        expected = np.stack([windows[:, 0], windows.sum(axis=1), element.positions[:, 0]], axis=1).astype(np.float32)
+        assert result.example is element
+        np.testing.assert_allclose(result.inference, expected, rtol=1e-6)
