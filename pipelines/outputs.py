@@ -82,6 +82,10 @@ class WriteTotals(beam.PTransform):
         self._path_of, self._values = path_of, dict(values or {})
 
     def expand(self, named: dict):
+        # A value function for no PCollection would be a total silently never written.
+        unknown = sorted(set(self._values) - set(named))
+        if unknown:
+            raise ValueError(f"WriteTotals: values for {unknown} name no input PCollection (inputs: {sorted(named)})")
         paths = {name: self._path_of(name) for name in named}
         tagged = [
             pcoll | f"Tag{name}" >> beam.Map(_tagged_value, name, self._values.get(name, _one))

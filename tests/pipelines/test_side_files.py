@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import apache_beam as beam
+import pytest
 
 from musicrep.pipelines import commit
 from musicrep.pipelines.outputs import WriteSortedLines, WriteTotals, read_side_lines, read_side_total
@@ -48,3 +49,11 @@ def test_all_totals_of_a_job_share_one_combine(tmp_path):
     transforms = pipeline.to_runner_api().components.transforms.values()
     combines = [t for t in transforms if t.spec.urn == "beam:transform:combine_per_key:v1"]
     assert len(combines) == 1
+
+
+def test_a_value_for_no_input_is_refused_when_the_pipeline_is_built(tmp_path):
+    # A misspelt name would otherwise be a total that is never written (read back as 0).
+    pipeline = beam.Pipeline(argv=IN_MEMORY)
+    words = pipeline | "Words" >> beam.Create(["pear"])
+    with pytest.raises(ValueError, match=r"\['bytes_raed'\] name no input"):
+        _ = {"bytes_read": words} | "Totals" >> commit.write_totals(str(tmp_path), {"bytes_raed": len})
